@@ -1,0 +1,22 @@
+# sftrl: SFT vs RL fine-tuning, OOD forgetting and singular-vector rotation (arXiv 2508.16546).
+# This file is a table of contents; each stage lives in rules/<stage>.smk, all logic in src/sftrl.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/base.smk"
+include: "rules/sft.smk"
+include: "rules/evaluate.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        final_targets(),

@@ -1,0 +1,18 @@
+# The base model: pretrained here for the tiny study, the local weights for paper studies.
+
+
+rule base:
+    input:
+        unpack(base_inputs),
+    output:
+        directory(R("models/base")),
+    log:
+        R("logs/base/base.log"),
+    params:
+        model=config["model"],
+        train=config.get("base"),
+        work=R("train/base"),
+        metrics=R("logs/base/metrics.jsonl"),
+    threads: config["threads"]
+    script:
+        "../scripts/base.py"

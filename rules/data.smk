@@ -1,0 +1,61 @@
+# Generated game data: SFT examples, RL prompts, fixed evaluation hands, tiny pretraining data.
+
+
+rule data_sft:
+    output:
+        R("data/sft.parquet"),
+    log:
+        R("logs/data/sft.log"),
+    params:
+        kind="sft",
+        n=config["data"]["sft_size"],
+        seed=config["data"]["seed"],
+        template=config["model"]["template"],
+        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+    script:
+        "../scripts/data.py"
+
+
+rule data_rl:
+    output:
+        R("data/rl.parquet"),
+    log:
+        R("logs/data/rl.log"),
+    params:
+        kind="rl",
+        n=config["data"]["rl_size"],
+        seed=config["data"]["seed"] + 1,
+        template=config["model"]["template"],
+        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+    script:
+        "../scripts/data.py"
+
+
+rule data_eval:
+    output:
+        R("data/eval-{split}.parquet"),
+    log:
+        R("logs/data/eval-{split}.log"),
+    params:
+        kind=lambda wc: f"eval-{wc.split}",
+        n=config["data"]["eval_size"],
+        seed=config["data"]["eval_seed"],
+        template=config["model"]["template"],
+        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+    script:
+        "../scripts/data.py"
+
+
+rule data_pretrain:
+    output:
+        R("data/pretrain.parquet"),
+    log:
+        R("logs/data/pretrain.log"),
+    params:
+        kind="pretrain",
+        n=config["data"].get("pretrain_size", 0),
+        seed=config["data"]["seed"] + 2,
+        template=config["model"]["template"],
+        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+    script:
+        "../scripts/data.py"

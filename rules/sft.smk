@@ -1,0 +1,26 @@
+# SFT in segments: sft-<step> resumes the run from the previous checkpoint's training state.
+
+
+rule sft:
+    input:
+        unpack(previous_state),
+        base=R("models/base"),
+        data=R("data/sft.parquet"),
+    output:
+        model=directory(R("models/sft-{step}")),
+        state=(
+            directory(R("train/sft/state-{step}"))
+            if config["sft"]["keep_state"]
+            else temp(directory(R("train/sft/state-{step}")))
+        ),
+    log:
+        R("logs/sft/sft-{step}.log"),
+    params:
+        hp=sft_hparams(),
+        max_length=config["model"].get("tiny", {}).get("max_position_embeddings"),
+        dtype=config["model"]["dtype"],
+        work=lambda wc: R(f"train/sft/work-{wc.step}"),
+        metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
+    threads: config["threads"]
+    script:
+        "../scripts/sft.py"

@@ -1,0 +1,16 @@
+"""Rule data_*: write one generated data set (see sftrl.data)."""
+
+from sftrl import data
+from sftrl.atomic import write_parquet
+from sftrl.logs import job_log
+
+p = snakemake.params  # noqa: F821 (injected by Snakemake)
+with job_log(snakemake.log[0]):  # noqa: F821
+    heldout = data.heldout_multisets(*p.holdout)
+    if p.kind.startswith("eval-"):
+        df = data.make_eval(p.kind.removeprefix("eval-"), p.n, p.seed, p.template, heldout)
+    else:
+        make = {"sft": data.make_sft, "rl": data.make_rl, "pretrain": data.make_pretrain}[p.kind]
+        df = make(p.n, p.seed, p.template, heldout)
+    write_parquet(df, snakemake.output[0])  # noqa: F821
+    print(f"{p.kind}: {df.height} rows, {int(df['heldout'].sum())} in the held-out split")

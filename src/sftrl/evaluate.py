@@ -1,0 +1,239 @@
+"""Evaluation: batched generation and the study's multi-turn verification (PAPER.md §2.5-2.6).
+
+An episode is one hand. The model answers; the verifier (``sftrl.game.check_formula``) scores the
+extracted formula; a failed attempt is answered with the verifier's feedback turn and the model
+tries again, up to ``turns`` attempts. A hand is solved when one attempt is correct.
+
+Generation is batched (left padding, KV cache) over all unfinished episodes of a turn; the
+generator is any callable ``generate(dialogues) -> list[str]``, so the episode logic is tested with
+scripted answers and runs unchanged on a real model (:class:`Generator`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from sftrl.game import check_formula
+from sftrl.prompts import Template, get_template
+
+Dialogue = list[dict[str, str]]  # chat messages: {"role": "user" | "assistant", "content": ...}
+
+RECORD_SCHEMA = {
+    "hand_id": pl.Int64,
+    "cards": pl.List(pl.String),
+    "numbers": pl.List(pl.Int64),
+    "heldout": pl.Boolean,
+    "responses": pl.List(pl.String),
+    "formulas": pl.List(pl.String),
+    "rewards": pl.List(pl.Float64),
+    "statuses": pl.List(pl.String),
+    "numbers_ok": pl.Boolean,
+    "format_error": pl.Boolean,
+    "turns": pl.Int64,
+    "solved": pl.Boolean,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes
+# --------------------------------------------------------------------------------------------
+
+
+def run_episodes(
+    generate: Callable[[list[Dialogue]], list[str]],
+    hands: pl.DataFrame,
+    template: Template | str,
+    turns: int,
+    arithmetic: str = "exact",
+) -> pl.DataFrame:
+    """Play every hand for up to ``turns`` attempts; one row per hand (``RECORD_SCHEMA``).
+
+    ``numbers_ok`` and ``format_error`` describe the first attempt: whether its formula uses
+    exactly the hand's numbers under the rule (right result or not) and whether no legal formula
+    could be read from it at all.
+    """
+    tpl = get_template(template) if isinstance(template, str) else template
+    n = hands.height
+    dialogues: list[Dialogue] = [[{"role": "user", "content": p}] for p in hands["prompt"]]
+    numbers = hands["numbers"].to_list()
+    log = [{"responses": [], "formulas": [], "rewards": [], "statuses": [], "verdicts": []} for _ in range(n)]
+    active = list(range(n))
+    for _turn in range(turns):
+        if not active:
+            break
+        answers = generate([dialogues[i] for i in active])
+        if len(answers) != len(active):
+            raise RuntimeError(f"generator returned {len(answers)} answers for {len(active)} dialogues")
+        still = []
+        for i, text in zip(active, answers, strict=True):
+            formula = tpl.extract(text)
+            verdict = check_formula(formula if formula is not None else "", numbers[i], arithmetic=arithmetic)
+            rec = log[i]
+            rec["responses"].append(text)
+            rec["formulas"].append(formula)
+            rec["rewards"].append(float(verdict.reward))
+            rec["statuses"].append(verdict.status)
+            rec["verdicts"].append(verdict)
+            if not verdict.solved:
+                dialogues[i] += [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": tpl.feedback(verdict.message)},
+                ]
+                still.append(i)
+        active = still
+    rows = []
+    for i, rec in enumerate(log):
+        first = rec["verdicts"][0]
+        rows.append(
+            {
+                "hand_id": hands["hand_id"][i],
+                "cards": hands["cards"][i].to_list(),
+                "numbers": numbers[i],
+                "heldout": hands["heldout"][i],
+                "responses": rec["responses"],
+                "formulas": rec["formulas"],
+                "rewards": rec["rewards"],
+                "statuses": rec["statuses"],
+                "numbers_ok": first.numbers_ok,
+                "format_error": rec["formulas"][0] is None or first.status == "illegal",
+                "turns": len(rec["responses"]),
+                "solved": any(v.solved for v in rec["verdicts"]),
+            }
+        )
+    return pl.DataFrame(rows, schema=RECORD_SCHEMA)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarise(records: pl.DataFrame) -> dict:
+    """Accuracy with its Wilson interval, numbers-correct and format-error rates, mean turns,
+    and accuracy on the held-out rank multisets (``heldout_*``; n = 0 without a split)."""
+    n = records.height
+    solved = int(records["solved"].sum())
+    lo, hi = wilson_interval(solved, n)
+    held = records.filter(pl.col("heldout"))
+    held_solved = int(held["solved"].sum()) if held.height else 0
+    held_lo, held_hi = wilson_interval(held_solved, held.height)
+    return {
+        "n": n,
+        "solved": solved,
+        "accuracy": solved / n if n else math.nan,
+        "ci_low": lo,
+        "ci_high": hi,
+        "numbers_correct": float(records["numbers_ok"].mean()) if n else math.nan,
+        "format_error": float(records["format_error"].mean()) if n else math.nan,
+        "mean_turns": float(records["turns"].mean()) if n else math.nan,
+        "heldout_n": held.height,
+        "heldout_accuracy": held_solved / held.height if held.height else None,
+        "heldout_ci_low": held_lo if held.height else None,
+        "heldout_ci_high": held_hi if held.height else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationSettings:
+    """``eval`` section of the config: how answers are generated."""
+
+    max_new_tokens: int = 24
+    batch_size: int = 256
+    decoding: str = "greedy"  # greedy | model (the checkpoint's own generation_config, e.g. sampling)
+    seed: int = 42
+
+
+class Generator:
+    """Batched generation for dialogues: left padding, KV cache, length-sorted batches."""
+
+    def __init__(self, model, tokenizer, template: Template | str, settings: GenerationSettings):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.template = get_template(template) if isinstance(template, str) else template
+        self.settings = settings
+        if tokenizer.padding_side != "left":
+            raise ValueError("batched generation needs a left-padding tokenizer")
+        gen = model.generation_config
+        kwargs = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+        if settings.decoding == "greedy":
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif settings.decoding != "model":
+            raise ValueError(f"eval.decoding: expected greedy or model, got {settings.decoding!r}")
+        if gen.eos_token_id is None:
+            kwargs["eos_token_id"] = tokenizer.eos_token_id
+        self.generate_kwargs = kwargs
+        torch.manual_seed(settings.seed)  # seeded sampling for decoding: model
+
+    def render(self, dialogue: Dialogue) -> str:
+        """The model's input text for a dialogue, ending where the assistant's answer starts."""
+        if self.template.chat:
+            return self.tokenizer.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
+        return "".join(m["content"] for m in dialogue)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # Chat templates already contain the special tokens they need.
+        return self.tokenizer(
+            list(texts), padding=True, return_tensors="pt", add_special_tokens=not self.template.chat
+        ).to(self.model.device)
+
+    @torch.inference_mode()
+    def __call__(self, dialogues: list[Dialogue]) -> list[str]:
+        texts = [self.render(d) for d in dialogues]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+        out: list[str] = [""] * len(texts)
+        bs = self.settings.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            enc = self.encode([texts[i] for i in idx])
+            gen = self.model.generate(**enc, **self.generate_kwargs)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                out[i] = text
+        return out
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    hands: pl.DataFrame,
+    template: str,
+    turns: int,
+    settings: GenerationSettings,
+    arithmetic: str = "exact",
+    dtype: str = "auto",
+    progress: bool = True,
+) -> tuple[pl.DataFrame, dict]:
+    """Load a checkpoint and play every hand; returns (records, summary)."""
+    from sftrl.models import default_device, load_model, load_tokenizer
+
+    model = load_model(model_dir, dtype=dtype, device=default_device())
+    tokenizer = load_tokenizer(model_dir)
+    generator = Generator(model, tokenizer, template, settings)
+    bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name}", disable=not progress)
+
+    def generate(dialogues):
+        answers = generator(dialogues)
+        bar.update(1)
+        return answers
+
+    records = run_episodes(generate, hands, template, turns, arithmetic)
+    bar.close()
+    return records, summarise(records)

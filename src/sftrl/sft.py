@@ -1,0 +1,243 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer``, in resumable segments.
+
+The study saves SFT checkpoints along one run at several "strengths" (steps). Here each saved
+step is its own Snakemake job -- a *segment* -- that resumes the same run from the previous
+step's training state (weights, optimiser, scheduler, RNG and data position) and stops at its own
+step. The learning-rate schedule spans ``max_steps`` whatever the checkpoints are, so
+
+* a chain of segments gives exactly the weights of one uninterrupted run (tested), and
+* a new checkpoint past the last one only adds its own segment to the DAG.
+
+Inside a segment, resumable state can also be written every ``save_every`` steps into the
+segment's work directory; a requeued job (SLURM preemption) resumes from the newest one.
+
+The same function pretrains the tiny base model (one segment from a freshly built model).
+Loss is on the completion only (TRL's prompt-completion format).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from sftrl.atomic import atomic_path
+from sftrl.models import save_model
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of one run (``sft`` or ``base`` in the config)."""
+
+    max_steps: int  # length of the LR schedule (the run), in optimiser steps
+    lr: float
+    scheduler: str = "constant"  # constant | linear | cosine
+    warmup: float = 0.0  # steps (>= 1) or a fraction of max_steps (< 1), as transformers 5 reads it
+    batch_size: int = 64  # global batch
+    per_device_batch_size: int = 64
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 0  # resumable state inside a segment every N steps (0: only at its end)
+    max_length: int | None = None  # longest tokenised example; longer ones are truncated
+    lora: dict | None = field(default=None)  # sft.lora when enabled
+
+    @classmethod
+    def from_config(cls, section: dict, max_length: int | None = None) -> TrainSettings:
+        """From the ``sft`` or ``base`` section of a study config."""
+        warmup = section.get("warmup_ratio", section.get("warmup_steps", 0.0))
+        lora = section.get("lora")
+        return cls(
+            max_steps=section.get("max_steps", section.get("steps")),
+            lr=section["lr"],
+            scheduler=section["scheduler"],
+            warmup=float(warmup),
+            batch_size=section["batch_size"],
+            per_device_batch_size=section.get("per_device_batch_size", section["batch_size"]),
+            weight_decay=section["weight_decay"],
+            adam_betas=tuple(section["adam_betas"]),
+            max_grad_norm=section.get("max_grad_norm", 1.0),
+            seed=section["seed"],
+            save_every=section.get("save_every", 0),
+            max_length=max_length,
+            lora=lora if lora and lora.get("enabled") else None,
+        )
+
+
+class _StopAt(TrainerCallback):
+    """Stop (and save resumable state) once the segment's last step is done."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class _MetricsFile(TrainerCallback):
+    """Append loss and learning rate per logged step to a JSON-lines file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int | None) -> Dataset:
+    """Prompt-completion examples for TRL (loss on the completion only).
+
+    Chat templates are left to TRL (conversational prompt-completion). Plain text is tokenised
+    here in one batched call -- TRL's per-example map is ~30x slower, which dominates a CPU run --
+    into the ``input_ids`` and ``labels`` (-100 on the prompt) that TRL would build.
+    """
+    if chat:
+        return Dataset.from_dict(
+            {
+                "prompt": [[{"role": "user", "content": p}] for p in data["prompt"]],
+                "completion": [[{"role": "assistant", "content": c}] for c in data["completion"]],
+            }
+        )
+    prompts = data["prompt"].to_list()
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    full_ids = tokenizer([p + c + tokenizer.eos_token for p, c in zip(prompts, data["completion"])])["input_ids"]
+    labels = []
+    for p, f in zip(prompt_ids, full_ids, strict=True):
+        if f[: len(p)] != p:
+            raise ValueError(f"tokenised prompt is not a prefix of prompt + completion: {p} vs {f}")
+        if max_length is not None and len(f) > max_length:
+            raise ValueError(f"an example has {len(f)} tokens, more than max_length {max_length}")
+        labels.append([-100] * len(p) + f[len(p) :])
+    return Dataset.from_dict({"input_ids": full_ids, "labels": labels})
+
+
+def _newest_checkpoint(work_dir: Path) -> Path | None:
+    found = [p for p in work_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int):
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = hp.batch_size // (hp.per_device_batch_size * world)
+    if accum < 1 or hp.batch_size != accum * hp.per_device_batch_size * world:
+        raise ValueError(
+            f"batch_size {hp.batch_size} is not per_device_batch_size {hp.per_device_batch_size} "
+            f"x processes {world} x an integer number of accumulation steps"
+        )
+    return SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.per_device_batch_size,
+        gradient_accumulation_steps=accum,
+        learning_rate=hp.lr,
+        lr_scheduler_type=hp.scheduler,
+        warmup_steps=hp.warmup,
+        weight_decay=hp.weight_decay,
+        adam_beta1=hp.adam_betas[0],
+        adam_beta2=hp.adam_betas[1],
+        max_grad_norm=hp.max_grad_norm,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        max_length=hp.max_length,
+        completion_only_loss=True,
+        packing=False,
+        # TRL defaults suit big GPUs; on a CPU both would only slow training down.
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=on_gpu,
+        use_cpu=not on_gpu,
+        save_strategy="steps",
+        save_steps=hp.save_every or stop_at,
+        save_only_model=False,
+        logging_steps=max(1, min(10, stop_at // 20)),
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def train_segment(
+    model,
+    tokenizer,
+    data: pl.DataFrame,
+    hp: TrainSettings,
+    stop_at: int,
+    model_out: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    resume_from: str | os.PathLike | None = None,
+    state_out: str | os.PathLike | None = None,
+    metrics_path: str | os.PathLike | None = None,
+    chat: bool = False,
+) -> dict:
+    """Train ``model`` on ``data`` (columns ``prompt``, ``completion``) up to step ``stop_at``.
+
+    ``resume_from`` is the previous segment's state (a transformers checkpoint directory); the
+    model's weights are taken from it. The newest state in ``work_dir`` wins over it (a requeued
+    job). The model is saved to ``model_out`` and, when ``state_out`` is given, the resumable state
+    to ``state_out``; both atomically. ``chat`` renders prompt and answer as a user and an
+    assistant turn through the tokenizer's chat template (the paper template). Returns the
+    trainer's final log entry.
+    """
+    from trl import SFTTrainer
+
+    if not 0 < stop_at <= hp.max_steps:
+        raise ValueError(f"stop_at must be in 1..max_steps ({hp.max_steps}); got {stop_at}")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    resume = _newest_checkpoint(work_dir) or (Path(resume_from) if resume_from else None)
+    if resume is not None and not (resume / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{resume}: not a training state (no trainer_state.json)")
+
+    if hp.lora:
+        from sftrl.models import apply_lora
+
+        model = apply_lora(model, hp.lora)
+    dataset = _dataset(data, tokenizer, chat, hp.max_length)
+    callbacks = [_StopAt(stop_at)]
+    if metrics_path is not None:
+        callbacks.append(_MetricsFile(Path(metrics_path)))
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(hp, work_dir, stop_at),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    step = trainer.state.global_step
+    if step != stop_at:
+        raise RuntimeError(f"training stopped at step {step}, expected {stop_at}")
+
+    if state_out is not None:
+        final = work_dir / f"checkpoint-{stop_at}"
+        if not final.is_dir():
+            raise RuntimeError(f"no training state was written at step {stop_at} in {work_dir}")
+        with atomic_path(state_out, directory=True) as tmp:
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+    save_model(trainer.model, tokenizer, model_out)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return trainer.state.log_history[-1] if trainer.state.log_history else {}
+
+
+def previous_step(step: int, steps: list[int]) -> int | None:
+    """The checkpoint a segment resumes from: the largest configured step below ``step``."""
+    earlier = [s for s in steps if s < step]
+    return max(earlier) if earlier else None

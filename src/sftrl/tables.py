@@ -1,0 +1,113 @@
+"""Result tables: tidy polars frames from evaluation summaries, written as CSV and Markdown.
+
+Row order is always explicit (sorted), so the same results give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from sftrl.atomic import write_text
+
+SUMMARY_FIELDS = (
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "numbers_correct",
+    "format_error",
+    "mean_turns",
+    "heldout_n",
+    "heldout_accuracy",
+)
+
+
+def model_step(model: str) -> int:
+    """SFT step of a model name: ``base`` is step 0, ``sft-<step>`` is ``<step>``."""
+    if model == "base":
+        return 0
+    m = re.fullmatch(r"sft-(\d+)", model)
+    if not m:
+        raise ValueError(f"not a trajectory model name: {model!r} (expected base or sft-<step>)")
+    return int(m.group(1))
+
+
+def read_summaries(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
+    """Evaluation summaries (``eval/<model>/<split>.json``) as one long frame."""
+    rows = []
+    for path in paths:
+        with open(path) as fh:
+            s = json.load(fh)
+        rows.append({"model": s["model"], "split": s["split"], **{k: s.get(k) for k in SUMMARY_FIELDS}})
+    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in SUMMARY_FIELDS}}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def wide_by_split(long: pl.DataFrame) -> pl.DataFrame:
+    """One row per model, ``<split>_<field>`` columns (id_accuracy, ood_accuracy, ...)."""
+    parts = []
+    for split in ("id", "ood"):
+        part = long.filter(pl.col("split") == split).drop("split")
+        parts.append(part.rename({k: f"{split}_{k}" for k in SUMMARY_FIELDS}))
+    return parts[0].join(parts[1], on="model", how="full", coalesce=True)
+
+
+def sft_trajectory(summaries: pl.DataFrame) -> pl.DataFrame:
+    """ID and OOD accuracy (with 95% intervals) of the base (step 0) and every SFT checkpoint."""
+    wide = wide_by_split(summaries)
+    wide = wide.with_columns(pl.col("model").map_elements(model_step, return_dtype=pl.Int64).alias("step"))
+    return wide.select("model", "step", pl.exclude("model", "step")).sort("step")
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str, str, str]]]) -> str:
+    """A Markdown table of selected columns.
+
+    ``columns`` maps a header to ``(kind, column)``; ``kind`` is ``pct`` (a fraction shown as a
+    percentage), ``ci`` (``column`` is a triple: value, low, high → ``41.0 [34.9, 47.4]``) or
+    ``raw``.
+    """
+    headers = list(columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in df.iter_rows(named=True):
+        cells = []
+        for kind, col in columns.values():
+            if kind == "ci":
+                v, lo, hi = (row[c] for c in col)
+                cells.append("–" if v is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]")
+            else:
+                cells.append(_fmt(row[col], kind))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TRAJECTORY_MARKDOWN = {
+    "model": ("raw", "model"),
+    "step": ("raw", "step"),
+    "ID acc % [95% CI]": ("ci", ("id_accuracy", "id_ci_low", "id_ci_high")),
+    "OOD acc % [95% CI]": ("ci", ("ood_accuracy", "ood_ci_low", "ood_ci_high")),
+    "ID numbers-correct %": ("pct", "id_numbers_correct"),
+    "OOD numbers-correct %": ("pct", "ood_numbers_correct"),
+    "OOD held-out acc %": ("pct", "ood_heldout_accuracy"),
+}
+
+
+def write_table(df: pl.DataFrame, csv: str | os.PathLike, md: str | os.PathLike, markdown_columns: dict) -> None:
+    """CSV with every column (full precision) and a Markdown view; both atomic."""
+    Path(csv).parent.mkdir(parents=True, exist_ok=True)
+    write_text(df.write_csv(), csv)
+    write_text(to_markdown(df, markdown_columns), md)
