@@ -20,3 +20,21 @@ include: "rules/tables.smk"
 rule all:
     input:
         final_targets(),
+
+
+# Named partial targets: `snakemake all_data`, `snakemake all_sft`, ...
+
+
+rule all_data:
+    input:
+        data_targets(),
+
+
+rule all_sft:
+    input:
+        expand(R("models/{model}"), model=sft_models()),
+
+
+rule all_eval:
+    input:
+        eval_targets(),

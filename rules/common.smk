@@ -53,9 +53,14 @@ def sft_hparams():
     return {k: v for k, v in config["sft"].items() if k not in ("checkpoints", "keep_state")}
 
 
+def data_targets():
+    files = [R("data/sft.parquet"), R("data/rl.parquet"), *expand(R("data/eval-{split}.parquet"), split=SPLITS)]
+    return files + ([R("data/pretrain.parquet")] if TINY else [])
+
+
+def eval_targets():
+    return expand(R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS)
+
+
 def final_targets():
-    return [
-        *expand(R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS),
-        R("data/rl.parquet"),
-        R("tables/sft-trajectory.md"),
-    ]
+    return [*data_targets(), *eval_targets(), R("tables/sft-trajectory.md")]

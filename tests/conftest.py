@@ -1,0 +1,67 @@
+"""Shared fixtures: the repository root and a reduced study config for fast real runs."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config() -> dict:
+    with open(ROOT / "config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def reduced_config(study: str = "test") -> dict:
+    """The default study shrunk to seconds: same stages, tiny sizes."""
+    cfg = copy.deepcopy(default_config())
+    cfg["study"] = study
+    cfg["model"]["tiny"].update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
+    cfg["data"].update(sft_size=640, rl_size=64, eval_size=24, pretrain_size=640)
+    cfg["base"].update(steps=20, batch_size=32, warmup_steps=2)
+    cfg["sft"].update(checkpoints=[4, 8], max_steps=8, batch_size=32, per_device_batch_size=32)
+    cfg["eval"].update(batch_size=64)
+    cfg["threads"] = 1
+    return cfg
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in ``workdir`` (which holds its own config.yaml)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--workflow-profile",
+        "none",
+        *args,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

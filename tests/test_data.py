@@ -1,0 +1,70 @@
+"""Generated data sets: deterministic, on the right rule, held-out multisets respected."""
+
+import polars as pl
+import pytest
+
+from sftrl import data
+from sftrl.game import check_formula, hand_numbers
+
+
+def test_eval_sets_are_deterministic_and_fixed_size():
+    a = data.make_eval("ood", 50, 42, "compact")
+    b = data.make_eval("ood", 50, 42, "compact")
+    assert a.equals(b)
+    assert a.height == 50
+    assert not a.equals(data.make_eval("ood", 50, 43, "compact"))
+
+
+def test_ood_hands_hold_a_face_card_and_use_the_ood_values():
+    df = data.make_eval("ood", 100, 42, "compact")
+    for cards, numbers in zip(df["cards"].to_list(), df["numbers"].to_list()):
+        assert set(cards) & {"J", "Q", "K"}
+        assert numbers == hand_numbers(cards, "ood")
+    assert df["prompt"][0].endswith("|11 12 13|")
+
+
+def test_id_eval_and_sft_use_the_id_rule():
+    df = data.make_eval("id", 100, 42, "compact")
+    assert all(n == hand_numbers(c, "id") for c, n in zip(df["cards"].to_list(), df["numbers"].to_list()))
+    assert all(p.endswith("|10 10 10|") for p in df["prompt"])
+
+
+def test_sft_answers_are_correct_solutions():
+    df = data.make_sft(200, 0, "compact")
+    for completion, numbers in zip(df["completion"], df["numbers"].to_list()):
+        assert check_formula(completion, numbers).solved
+
+
+def test_paper_template_answers_are_scored_correct():
+    from sftrl.prompts import extract_formula
+
+    df = data.make_sft(20, 0, "paper")
+    assert df["prompt"][0].startswith("\n[Task Description]")
+    for completion, numbers in zip(df["completion"], df["numbers"].to_list()):
+        assert check_formula(extract_formula(completion), numbers).solved
+
+
+def test_pretrain_states_per_example_face_values():
+    df = data.make_pretrain(300, 2, "compact")
+    assert df["face_values"].list.unique().list.len().max() > 1 or df["face_values"].n_unique() > 1
+    for cards, fv, numbers, prompt in df.select("cards", "face_values", "numbers", "prompt").iter_rows():
+        assert numbers == hand_numbers(cards, tuple(fv))
+        assert prompt.endswith("|" + " ".join(map(str, fv)) + "|")
+    # both the ID value (10) and the OOD values (11-13) are common
+    values = pl.Series(df["face_values"].explode())
+    assert (values == 10).sum() > 30 and (values >= 11).sum() > 100
+
+
+def test_heldout_multisets_never_reach_training_data_and_are_flagged_in_eval():
+    held = data.heldout_multisets(0.2, 1)
+    assert len(held) == round(0.2 * 1820)
+    for make in (data.make_sft, data.make_rl, data.make_pretrain):
+        df = make(300, 0, "compact", held)
+        assert not df["heldout"].any()
+    ev = data.make_eval("id", 200, 42, "compact", held)
+    assert 10 < ev["heldout"].sum() < 80  # flagged, not removed
+
+
+def test_bad_split_is_rejected():
+    with pytest.raises(ValueError, match="split"):
+        data.make_eval("test", 10, 0, "compact")

@@ -1,0 +1,60 @@
+"""The workflow: dry-runs of the DAG, config errors before any job, a real reduced run."""
+
+import json
+
+import polars as pl
+import pytest
+
+from conftest import ROOT, reduced_config, run_snakemake, write_config
+
+
+def test_dry_run_lists_the_data_jobs(tmp_path):
+    write_config(tmp_path, reduced_config())
+    out = run_snakemake(tmp_path, "-n", "--cores", "1").stdout
+    for rule in ("data_sft", "data_rl", "data_eval", "data_pretrain", "base", "sft", "evaluate"):
+        assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
+
+
+def test_misspelt_key_fails_before_any_job_naming_it(tmp_path):
+    cfg = reduced_config()
+    cfg["sft"]["learning_rate"] = 1e-3
+    write_config(tmp_path, cfg)
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "sft.learning_rate" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_data_rule_writes_the_four_data_files(tmp_path):
+    cfg = reduced_config()
+    write_config(tmp_path, cfg)
+    run_snakemake(tmp_path, "--cores", "2", "all_data")
+    d = tmp_path / "results" / "test" / "data"
+    sizes = {"sft": 640, "rl": 64, "eval-id": 24, "eval-ood": 24}
+    for name, n in sizes.items():
+        df = pl.read_parquet(d / f"{name}.parquet")
+        assert df.height == n, name
+        assert {"cards", "numbers", "prompt"} <= set(df.columns)
+    assert not list(d.glob(".*tmp"))  # no temporary files left
+
+
+@pytest.mark.slow
+def test_reduced_study_runs_end_to_end_and_is_reproducible(tmp_path):
+    cfg = reduced_config()
+    write_config(tmp_path / "a", cfg)
+    run_snakemake(tmp_path / "a", "--cores", "2")
+    res = tmp_path / "a" / "results" / "test"
+    for model in ("base", "sft-4", "sft-8"):
+        assert (res / "models" / model / "model.safetensors").is_file()
+        for split in ("id", "ood"):
+            s = json.loads((res / "eval" / model / f"{split}.json").read_text())
+            assert s["n"] == 24 and 0 <= s["accuracy"] <= 1
+    table = (res / "tables" / "sft-trajectory.md").read_text()
+    assert "| sft-8 | 8 |" in table
+    assert (res / "logs" / "sft" / "sft-8.metrics.jsonl").is_file()
+    # nothing left to do, and the same config elsewhere gives the same table
+    assert "Nothing to be done" in run_snakemake(tmp_path / "a", "-n", "--cores", "1").stdout
+    write_config(tmp_path / "b", cfg)
+    run_snakemake(tmp_path / "b", "--cores", "2")
+    again = tmp_path / "b" / "results" / "test" / "tables" / "sft-trajectory.csv"
+    assert again.read_text() == (res / "tables" / "sft-trajectory.csv").read_text()
