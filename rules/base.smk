@@ -8,11 +8,13 @@ rule base:
         directory(R("models/base")),
     log:
         R("logs/base/base.log"),
+    threads: config["threads"]
+    resources:
+        **res("base"),
     params:
         model=config["model"],
         train=config.get("base"),
         work=R("train/base"),
         metrics=R("logs/base/metrics.jsonl"),
-    threads: config["threads"]
     script:
         "../scripts/base.py"

@@ -27,6 +27,11 @@ def R(path):
     return f"results/{STUDY}/{path}"
 
 
+def res(group):
+    """Resources of a rule group from config (`resources.default` overridden by the group)."""
+    return {**config["resources"]["default"], **config["resources"].get(group, {})}
+
+
 def sft_models():
     return [f"sft-{s}" for s in SFT_STEPS]
 
@@ -50,16 +55,24 @@ def base_inputs(wildcards):
 def sft_hparams():
     """The SFT settings a segment depends on. The checkpoint list is left out on purpose: adding
     a checkpoint must not re-run the segments that already exist."""
-    return {k: v for k, v in config["sft"].items() if k not in ("checkpoints", "keep_state")}
+    return {
+        k: v for k, v in config["sft"].items() if k not in ("checkpoints", "keep_state")
+    }
 
 
 def data_targets():
-    files = [R("data/sft.parquet"), R("data/rl.parquet"), *expand(R("data/eval-{split}.parquet"), split=SPLITS)]
+    files = [
+        R("data/sft.parquet"),
+        R("data/rl.parquet"),
+        *expand(R("data/eval-{split}.parquet"), split=SPLITS),
+    ]
     return files + ([R("data/pretrain.parquet")] if TINY else [])
 
 
 def eval_targets():
-    return expand(R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS)
+    return expand(
+        R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS
+    )
 
 
 def final_targets():

@@ -6,12 +6,17 @@ rule data_sft:
         R("data/sft.parquet"),
     log:
         R("logs/data/sft.log"),
+    resources:
+        **res("data"),
     params:
         kind="sft",
         n=config["data"]["sft_size"],
         seed=config["data"]["seed"],
         template=config["model"]["template"],
-        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+        holdout=[
+            config["data"].get("holdout_fraction", 0.0),
+            config["data"].get("holdout_seed", 0),
+        ],
     script:
         "../scripts/data.py"
 
@@ -21,12 +26,17 @@ rule data_rl:
         R("data/rl.parquet"),
     log:
         R("logs/data/rl.log"),
+    resources:
+        **res("data"),
     params:
         kind="rl",
         n=config["data"]["rl_size"],
         seed=config["data"]["seed"] + 1,
         template=config["model"]["template"],
-        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+        holdout=[
+            config["data"].get("holdout_fraction", 0.0),
+            config["data"].get("holdout_seed", 0),
+        ],
     script:
         "../scripts/data.py"
 
@@ -36,12 +46,17 @@ rule data_eval:
         R("data/eval-{split}.parquet"),
     log:
         R("logs/data/eval-{split}.log"),
+    resources:
+        **res("data"),
     params:
         kind=lambda wc: f"eval-{wc.split}",
         n=config["data"]["eval_size"],
         seed=config["data"]["eval_seed"],
         template=config["model"]["template"],
-        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+        holdout=[
+            config["data"].get("holdout_fraction", 0.0),
+            config["data"].get("holdout_seed", 0),
+        ],
     script:
         "../scripts/data.py"
 
@@ -51,11 +66,16 @@ rule data_pretrain:
         R("data/pretrain.parquet"),
     log:
         R("logs/data/pretrain.log"),
+    resources:
+        **res("data"),
     params:
         kind="pretrain",
         n=config["data"].get("pretrain_size", 0),
         seed=config["data"]["seed"] + 2,
         template=config["model"]["template"],
-        holdout=[config["data"].get("holdout_fraction", 0.0), config["data"].get("holdout_seed", 0)],
+        holdout=[
+            config["data"].get("holdout_fraction", 0.0),
+            config["data"].get("holdout_seed", 0),
+        ],
     script:
         "../scripts/data.py"

@@ -10,10 +10,12 @@ rule evaluate:
         summary=R("eval/{model}/{split}.json"),
     log:
         R("logs/evaluate/{model}-{split}.log"),
+    threads: config["threads"]
+    resources:
+        **res("evaluate"),
     params:
         eval=config["eval"],
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-    threads: config["threads"]
     script:
         "../scripts/evaluate.py"

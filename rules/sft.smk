@@ -15,12 +15,15 @@ rule sft:
         ),
     log:
         R("logs/sft/sft-{step}.log"),
+    threads: config["threads"]
+    resources:
+        **res("sft"),
     params:
         hp=sft_hparams(),
         max_length=config["model"].get("tiny", {}).get("max_position_embeddings"),
         dtype=config["model"]["dtype"],
+        template=config["model"]["template"],
         work=lambda wc: R(f"train/sft/work-{wc.step}"),
         metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
-    threads: config["threads"]
     script:
         "../scripts/sft.py"

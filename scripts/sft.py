@@ -4,6 +4,7 @@ import polars as pl
 
 from sftrl.logs import job_log
 from sftrl.models import load_model, load_tokenizer
+from sftrl.prompts import get_template
 from sftrl.sft import TrainSettings, train_segment
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -23,4 +24,5 @@ with job_log(sm.log[0], sm.threads):
         resume_from=sm.input.get("state"),
         state_out=sm.output.state,
         metrics_path=p.metrics,
+        chat=get_template(p.template).chat,
     )
