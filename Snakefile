@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/sft.smk"
+include: "rules/rl.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 
@@ -33,6 +34,11 @@ rule all_data:
 rule all_sft:
     input:
         expand(R("models/{model}"), model=sft_models()),
+
+
+rule all_rl:
+    input:
+        expand(R("models/{model}"), model=rl_models()),
 
 
 rule all_eval:

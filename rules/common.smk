@@ -36,6 +36,20 @@ def sft_models():
     return [f"sft-{s}" for s in SFT_STEPS]
 
 
+def rl_steps():
+    """SFT steps that RL starts from (`rl.from`, default every SFT checkpoint)."""
+    return sorted(config["rl"]["from"] or SFT_STEPS) if "rl" in config else []
+
+
+def rl_models():
+    return [f"ppo-{s}" for s in rl_steps()]
+
+
+def rl_hparams():
+    """The RL settings a run depends on (`rl.from` only chooses which runs exist)."""
+    return {k: v for k, v in config["rl"].items() if k != "from"}
+
+
 def trajectory_models():
     """The models of the SFT trajectory: the base (step 0) and every SFT checkpoint."""
     return ["base"] + sft_models()
@@ -70,10 +84,12 @@ def data_targets():
 
 
 def eval_targets():
-    return expand(
-        R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS
-    )
+    models = trajectory_models() + rl_models()
+    return expand(R("eval/{model}/{split}.json"), model=models, split=SPLITS)
 
 
 def final_targets():
-    return [*data_targets(), *eval_targets(), R("tables/sft-trajectory.md")]
+    tables = [R("tables/sft-trajectory.md")]
+    if rl_models():
+        tables.append(R("tables/rl-recovery.md"))
+    return [*data_targets(), *eval_targets(), *tables]

@@ -76,6 +76,18 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"sft.batch_size ({sft['batch_size']}) must be a multiple of sft.per_device_batch_size "
             f"({sft['per_device_batch_size']})"
         )
+    rl = cfg.get("rl")
+    if rl and rl.get("from"):
+        unknown = sorted(set(rl["from"]) - set(sft["checkpoints"]))
+        if unknown:
+            problems.append(f"rl.from: steps {unknown} are not in sft.checkpoints {sorted(sft['checkpoints'])}")
+    if rl:
+        from sftrl.ppo import PPOConfig
+
+        try:
+            PPOConfig(**{k: v for k, v in rl.items() if k in PPOConfig.__dataclass_fields__})
+        except ValueError as err:
+            problems.append(f"rl: {err}")
     return problems
 
 

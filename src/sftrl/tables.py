@@ -69,6 +69,8 @@ def _fmt(value, kind: str) -> str:
         return "–"
     if kind == "pct":
         return f"{100 * value:.1f}"
+    if kind == "raw1":
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
@@ -103,6 +105,52 @@ TRAJECTORY_MARKDOWN = {
     "ID numbers-correct %": ("pct", "id_numbers_correct"),
     "OOD numbers-correct %": ("pct", "ood_numbers_correct"),
     "OOD held-out acc %": ("pct", "ood_heldout_accuracy"),
+}
+
+
+def recovery(value, start, reference):
+    """The study's recovery %: how much of the gap from ``start`` to ``reference`` ``value`` closes.
+
+    (value − start) / (reference − start) × 100; None where the gap is zero (start = reference).
+    """
+    if value is None or start is None or reference is None or reference == start:
+        return None
+    return 100.0 * (value - start) / (reference - start)
+
+
+def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
+    """For each SFT checkpoint RL started from: its SFT and RL accuracy (ID and OOD) and the
+    recovery % = (RL OOD − SFT OOD) / (peak SFT OOD − SFT OOD) (PAPER.md §1), where the peak is the
+    highest OOD accuracy over the SFT checkpoints in ``summaries``."""
+    wide = wide_by_split(summaries)
+    kind = pl.col("model").str.extract(r"^(sft|ppo)-\d+$", 1)
+    wide = wide.with_columns(kind.alias("kind"), pl.col("model").str.extract(r"-(\d+)$", 1).cast(pl.Int64).alias("step"))
+    if wide["kind"].is_null().any():
+        bad = wide.filter(pl.col("kind").is_null())["model"].to_list()
+        raise ValueError(f"rl_recovery takes sft-<step> and ppo-<step> summaries; got {bad}")
+    peak = wide.filter(pl.col("kind") == "sft")["ood_accuracy"].max()
+    cols = ["accuracy", "ci_low", "ci_high"]
+    sft = wide.filter(pl.col("kind") == "sft").select(
+        "step", *[pl.col(f"{sp}_{c}").alias(f"sft_{sp}_{c}") for sp in ("id", "ood") for c in cols]
+    )
+    rl = wide.filter(pl.col("kind") == "ppo").select(
+        "step", *[pl.col(f"{sp}_{c}").alias(f"rl_{sp}_{c}") for sp in ("id", "ood") for c in cols]
+    )
+    out = rl.join(sft, on="step", how="left").sort("step")
+    rec = [recovery(r, s_, peak) for r, s_ in zip(out["rl_ood_accuracy"], out["sft_ood_accuracy"], strict=True)]
+    return out.with_columns(
+        pl.lit(peak, dtype=pl.Float64).alias("peak_sft_ood"), pl.Series("recovery_pct", rec, dtype=pl.Float64)
+    ).select("step", pl.exclude("step"))
+
+
+RL_RECOVERY_MARKDOWN = {
+    "from SFT step": ("raw", "step"),
+    "SFT ID %": ("ci", ("sft_id_accuracy", "sft_id_ci_low", "sft_id_ci_high")),
+    "SFT OOD %": ("ci", ("sft_ood_accuracy", "sft_ood_ci_low", "sft_ood_ci_high")),
+    "RL ID %": ("ci", ("rl_id_accuracy", "rl_id_ci_low", "rl_id_ci_high")),
+    "RL OOD %": ("ci", ("rl_ood_accuracy", "rl_ood_ci_low", "rl_ood_ci_high")),
+    "peak SFT OOD %": ("pct", "peak_sft_ood"),
+    "recovery %": ("raw1", "recovery_pct"),
 }
 
 
