@@ -15,12 +15,18 @@ include: "rules/base.smk"
 include: "rules/sft.smk"
 include: "rules/rl.smk"
 include: "rules/evaluate.smk"
+include: "rules/spectrum.smk"
+include: "rules/edits.smk"
 include: "rules/tables.smk"
 
 
 rule all:
     input:
-        final_targets(),
+        data_targets(),
+        eval_targets(),
+        table_targets(),
+        spectrum_targets,
+        edit_eval_targets,
 
 
 # Named partial targets: `snakemake all_data`, `snakemake all_sft`, ...
@@ -44,3 +50,16 @@ rule all_rl:
 rule all_eval:
     input:
         eval_targets(),
+
+
+rule all_spectra:
+    input:
+        spectrum_targets,
+        R("tables/spectrum.md"),
+
+
+rule all_edits:
+    input:
+        edit_eval_targets,
+        R("tables/uv-merge.md"),
+        R("tables/layer-reset.md"),

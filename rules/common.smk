@@ -1,5 +1,6 @@
 # Wiring only: config validation, wildcard constraints, paths and input functions.
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,12 @@ wildcard_constraints:
     step=r"\d+",
     split="id|ood",
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    a=r"base|sft-\d+|ppo-\d+",
+    b=r"base|sft-\d+|ppo-\d+",
+    donor=r"base|sft-\d+|ppo-\d+",
+    target=r"base|sft-\d+|ppo-\d+",
+    method="uvmerge|sigmaswap|tripletswap|layerreset",
+    param=r"top[0-9.]+(-bottom[0-9.]+)?|layers[0-9]+(-[0-9]+)?",
 
 
 def R(path):
@@ -74,6 +81,109 @@ def sft_hparams():
     }
 
 
+# --- spectra and edits ---------------------------------------------------------------------
+
+EDIT_METHODS = {
+    "uvmerge": "uv-merge",
+    "sigmaswap": "sigma-swap",
+    "tripletswap": "triplet-swap",
+}
+
+
+def peak_model():
+    """The SFT checkpoint with the highest OOD accuracy (a Snakemake checkpoint: known once the
+    SFT checkpoints are evaluated)."""
+    with open(checkpoints.peak_ood.get().output[0]) as fh:
+        return json.load(fh)["model"]
+
+
+def donor_model():
+    donor = config["edits"]["donor"]
+    return peak_model() if donor == "best-ood" else donor
+
+
+def target_model():
+    target = config["edits"]["target"]
+    return f"sft-{SFT_STEPS[-1]}" if target == "last" else target
+
+
+def band_param(top, bottom):
+    """`top0.2`, `top0.1-bottom0.1`: the name part of a spectral edit's fractions."""
+    return f"top{top:g}" + (f"-bottom{bottom:g}" if bottom else "")
+
+
+def edit_models():
+    """Every edited model of the config's sweeps (names as in DESIGN.md)."""
+    e = config.get("edits")
+    if not e:
+        return []
+    pair = f"{donor_model()}-into-{target_model()}"
+    names = [f"uvmerge-{pair}-{band_param(t, b)}" for t, b in e["uv_merge"]]
+    names += [f"sigmaswap-{pair}-{band_param(t, b)}" for t, b in e["sigma_swap"]]
+    names += [f"tripletswap-{pair}-{band_param(t, b)}" for t, b in e["triplet_swap"]]
+    names += [f"layerreset-{pair}-layers{spec}" for spec in e["layer_reset"]]
+    if e["reverse"]:
+        names += [f"uvmerge-sft-{s}-into-ppo-{s}-top1" for s in rl_steps()]
+    return names
+
+
+def spectrum_pairs():
+    """(reference, compared) model pairs of the spectral comparisons in `spectrum.pairs`."""
+    kinds = config["spectrum"]["pairs"] if "spectrum" in config else []
+    pairs = []
+    if "base-to-sft" in kinds:
+        pairs += [("base", m) for m in sft_models()]
+    if "peak-to-later" in kinds:
+        peak = peak_model()
+        pairs += [(peak, f"sft-{s}") for s in SFT_STEPS if s > int(peak.split("-")[1])]
+    if "sft-to-rl" in kinds:
+        pairs += [(f"sft-{s}", f"ppo-{s}") for s in rl_steps()]
+    return pairs
+
+
+def spectrum_targets(wildcards=None):
+    if "spectrum" not in config:
+        return []
+    return [R(f"spectrum/{a}--{b}.parquet") for a, b in spectrum_pairs()]
+
+
+def edit_eval_targets(wildcards=None):
+    return expand(R("eval/{model}/{split}.json"), model=edit_models(), split=SPLITS)
+
+
+def svd_inputs(wildcards):
+    """An SVD file with factors is all a comparison needs; without factors the checkpoints are
+    decomposed again (paper scale), so they are inputs too."""
+    inputs = {
+        "a": R(f"svd/{wildcards.a}.safetensors"),
+        "b": R(f"svd/{wildcards.b}.safetensors"),
+    }
+    if not config["spectrum"]["factors"]:
+        inputs |= {
+            "model_a": R(f"models/{wildcards.a}"),
+            "model_b": R(f"models/{wildcards.b}"),
+        }
+    return inputs
+
+
+def edit_inputs(wildcards):
+    inputs = {
+        "target": R(f"models/{wildcards.target}"),
+        "donor": R(f"models/{wildcards.donor}"),
+    }
+    if wildcards.method != "layerreset" and config["spectrum"]["factors"]:
+        inputs |= {
+            "svd_target": R(f"svd/{wildcards.target}.safetensors"),
+            "svd_donor": R(f"svd/{wildcards.donor}.safetensors"),
+        }
+    return inputs
+
+
+def edited(path):
+    """Edited models are deleted once evaluated, unless `edits.keep`."""
+    return path if config["edits"]["keep"] else temp(path)
+
+
 def data_targets():
     files = [
         R("data/sft.parquet"),
@@ -88,8 +198,13 @@ def eval_targets():
     return expand(R("eval/{model}/{split}.json"), model=models, split=SPLITS)
 
 
-def final_targets():
+def table_targets():
     tables = [R("tables/sft-trajectory.md")]
     if rl_models():
         tables.append(R("tables/rl-recovery.md"))
-    return [*data_targets(), *eval_targets(), *tables]
+    if "spectrum" in config:
+        tables.append(R("tables/spectrum.md"))
+    if "edits" in config:
+        tables += [R("tables/uv-merge.md"), R("tables/layer-reset.md")]
+    return tables
+

@@ -1,19 +1,21 @@
-# ID/OOD evaluation of any model with the study's multi-turn verifier.
+# ID/OOD evaluation of any model with the study's multi-turn verifier. One job per model plays
+# both splits: the model is loaded once (job start-up dominates a tiny model's evaluation).
 
 
 rule evaluate:
     input:
         model=R("models/{model}"),
-        hands=R("data/eval-{split}.parquet"),
+        hands=expand(R("data/eval-{split}.parquet"), split=SPLITS),
     output:
-        records=R("eval/{model}/{split}.parquet"),
-        summary=R("eval/{model}/{split}.json"),
+        records=expand(R("eval/{{model}}/{split}.parquet"), split=SPLITS),
+        summaries=expand(R("eval/{{model}}/{split}.json"), split=SPLITS),
     log:
-        R("logs/evaluate/{model}-{split}.log"),
-    threads: config["threads"]
+        R("logs/evaluate/{model}.log"),
+    threads: 1
     resources:
         **res("evaluate"),
     params:
+        splits=SPLITS,
         eval=config["eval"],
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],

@@ -9,15 +9,15 @@ rule rl:
         directory(R("models/ppo-{step}")),
     log:
         R("logs/rl/ppo-{step}.log"),
+    threads: config["threads"]
+    resources:
+        **res("rl"),
     params:
         rl=rl_hparams(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
         work=lambda wc: R(f"train/ppo-{wc.step}"),
         metrics=lambda wc: R(f"logs/ppo-{wc.step}/metrics.jsonl"),
-    threads: config["threads"]
-    resources:
-        **res("rl"),
     script:
         "../scripts/rl.py"
 

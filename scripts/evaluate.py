@@ -1,4 +1,4 @@
-"""Rule evaluate: play the fixed hands of one split with one model (see sftrl.evaluate)."""
+"""Rule evaluate: play the fixed ID and OOD hands with one model (see sftrl.evaluate)."""
 
 import json
 
@@ -14,16 +14,14 @@ with job_log(sm.log[0], sm.threads):
     settings = GenerationSettings(
         max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"], decoding=e["decoding"], seed=e["seed"]
     )
-    records, summary = evaluate_model(
-        sm.input.model,
-        pl.read_parquet(sm.input.hands),
-        sm.params.template,
-        e["turns"],
-        settings,
-        arithmetic=e["arithmetic"],
-        dtype=sm.params.dtype,
+    hands = {split: pl.read_parquet(path) for split, path in zip(sm.params.splits, sm.input.hands, strict=True)}
+    results = evaluate_model(
+        sm.input.model, hands, sm.params.template, e["turns"], settings, e["arithmetic"], sm.params.dtype
     )
-    summary = {"model": sm.wildcards.model, "split": sm.wildcards.split, **summary}
-    write_parquet(records, sm.output.records)
-    write_text(json.dumps(summary, indent=2) + "\n", sm.output.summary)
-    print(json.dumps(summary, indent=2))
+    for (split, (records, summary)), records_path, summary_path in zip(
+        results.items(), sm.output.records, sm.output.summaries, strict=True
+    ):
+        summary = {"model": sm.wildcards.model, "split": split, **summary}
+        write_parquet(records, records_path)
+        write_text(json.dumps(summary, indent=2) + "\n", summary_path)
+        print(json.dumps(summary, indent=2))

@@ -181,7 +181,11 @@ class Generator:
         if gen.eos_token_id is None:
             kwargs["eos_token_id"] = tokenizer.eos_token_id
         self.generate_kwargs = kwargs
-        torch.manual_seed(settings.seed)  # seeded sampling for decoding: model
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Seed sampling (decoding: model) so each split's answers depend only on eval.seed."""
+        torch.manual_seed(self.settings.seed)
 
     def render(self, dialogue: Dialogue) -> str:
         """The model's input text for a dialogue, ending where the assistant's answer starts."""
@@ -213,27 +217,33 @@ class Generator:
 
 def evaluate_model(
     model_dir: str | os.PathLike,
-    hands: pl.DataFrame,
+    hands: dict[str, pl.DataFrame],
     template: str,
     turns: int,
     settings: GenerationSettings,
     arithmetic: str = "exact",
     dtype: str = "auto",
     progress: bool = True,
-) -> tuple[pl.DataFrame, dict]:
-    """Load a checkpoint and play every hand; returns (records, summary)."""
+) -> dict[str, tuple[pl.DataFrame, dict]]:
+    """Load a checkpoint once and play the hands of every split; ``{split: (records, summary)}``.
+
+    Sampling is reseeded before each split, so a split's answers do not depend on the others.
+    """
     from sftrl.models import default_device, load_model, load_tokenizer
 
     model = load_model(model_dir, dtype=dtype, device=default_device())
-    tokenizer = load_tokenizer(model_dir)
-    generator = Generator(model, tokenizer, template, settings)
-    bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name}", disable=not progress)
+    generator = Generator(model, load_tokenizer(model_dir), template, settings)
+    results = {}
+    for split, split_hands in hands.items():
+        generator.reseed()
+        bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name} {split}", disable=not progress)
 
-    def generate(dialogues):
-        answers = generator(dialogues)
-        bar.update(1)
-        return answers
+        def generate(dialogues):
+            answers = generator(dialogues)
+            bar.update(1)
+            return answers
 
-    records = run_episodes(generate, hands, template, turns, arithmetic)
-    bar.close()
-    return records, summarise(records)
+        records = run_episodes(generate, split_hands, template, turns, arithmetic)
+        bar.close()
+        results[split] = (records, summarise(records))
+    return results

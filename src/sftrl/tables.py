@@ -71,6 +71,8 @@ def _fmt(value, kind: str) -> str:
         return f"{100 * value:.1f}"
     if kind == "raw1":
         return f"{value:.1f}"
+    if kind == "sci":
+        return f"{value:.2e}"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
@@ -88,7 +90,9 @@ def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str,
     for row in df.iter_rows(named=True):
         cells = []
         for kind, col in columns.values():
-            if kind == "ci":
+            if kind == "arrow":
+                cells.append(f"{row[col[0]]} → {row[col[1]]}")
+            elif kind == "ci":
                 v, lo, hi = (row[c] for c in col)
                 cells.append("–" if v is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]")
             else:
@@ -151,6 +155,165 @@ RL_RECOVERY_MARKDOWN = {
     "RL OOD %": ("ci", ("rl_ood_accuracy", "rl_ood_ci_low", "rl_ood_ci_high")),
     "peak SFT OOD %": ("pct", "peak_sft_ood"),
     "recovery %": ("raw1", "recovery_pct"),
+}
+
+
+def peak_ood(summaries: pl.DataFrame) -> dict:
+    """The SFT checkpoint with the highest OOD accuracy; ties go to the earliest step."""
+    ood = summaries.filter(pl.col("split") == "ood").with_columns(
+        pl.col("model").map_elements(model_step, return_dtype=pl.Int64).alias("step")
+    )
+    if ood.is_empty():
+        raise ValueError("peak_ood needs OOD summaries of SFT checkpoints")
+    best = ood.sort(["accuracy", "step"], descending=[True, False]).row(0, named=True)
+    return {"model": best["model"], "step": best["step"], "ood_accuracy": best["accuracy"]}
+
+
+# --- edits ------------------------------------------------------------------------------------
+
+_MODEL = r"base|sft-\d+|ppo-\d+"
+EDIT_NAME = re.compile(
+    rf"^(?P<method>uvmerge|sigmaswap|tripletswap|layerreset)-(?P<donor>{_MODEL})-into-(?P<target>{_MODEL})-"
+    r"(?:top(?P<top>[0-9.]+)(?:-bottom(?P<bottom>[0-9.]+))?|layers(?P<layers>[0-9]+(?:-[0-9]+)?))$"
+)
+EDIT_METHODS = {"uvmerge": "uv-merge", "sigmaswap": "sigma-swap", "tripletswap": "triplet-swap", "layerreset": "layer-reset"}
+
+
+def parse_edit_name(name: str) -> dict:
+    """``uvmerge-sft-50-into-sft-800-top0.2`` → method, donor, target, top, bottom (or layers)."""
+    m = EDIT_NAME.match(name)
+    if not m:
+        raise ValueError(
+            f"not an edited model name: {name!r} (expected <method>-<donor>-into-<target>-top<f>[-bottom<f>] "
+            "or layerreset-<donor>-into-<target>-layers<a>[-<b>])"
+        )
+    d = m.groupdict()
+    return {
+        "name": name,
+        "method": EDIT_METHODS[d["method"]],
+        "donor": d["donor"],
+        "target": d["target"],
+        "top": float(d["top"]) if d["top"] is not None else None,
+        "bottom": float(d["bottom"] or 0) if d["top"] is not None else None,
+        "layers": d["layers"],
+    }
+
+
+def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(spectral edits, layer resets): accuracy of every edited model beside its donor and target,
+    and recovery % = (edit − target) / (donor − target) on OOD and on ID.
+
+    ``summaries`` holds the edited models and every donor and target they name; other models
+    are ignored. Spectral rows are sorted by method, then the reverse experiment (the donor is an
+    SFT model, the target its RL model) last, then top and bottom; layer resets by layer range.
+    """
+    wide = wide_by_split(summaries)
+    acc = {r["model"]: r for r in wide.iter_rows(named=True)}
+    rows = []
+    for name in wide["model"]:
+        if not EDIT_NAME.match(name):
+            continue
+        e = parse_edit_name(name)
+        for ref in ("donor", "target"):
+            if e[ref] not in acc:
+                raise ValueError(f"{name}: no evaluation summary of its {ref} {e[ref]}")
+        edit, donor, target = acc[name], acc[e["donor"]], acc[e["target"]]
+        row = {**e, "reverse": e["donor"].startswith("sft-") and e["target"].startswith("ppo-")}
+        for split in ("id", "ood"):
+            for c in ("accuracy", "ci_low", "ci_high"):
+                row[f"{split}_{c}"] = edit[f"{split}_{c}"]
+            row[f"donor_{split}"] = donor[f"{split}_accuracy"]
+            row[f"target_{split}"] = target[f"{split}_accuracy"]
+            row[f"recovery_{split}_pct"] = recovery(edit[f"{split}_accuracy"], target[f"{split}_accuracy"], donor[f"{split}_accuracy"])
+        rows.append(row)
+    schema = {
+        "name": pl.String, "method": pl.String, "donor": pl.String, "target": pl.String, "top": pl.Float64,
+        "bottom": pl.Float64, "layers": pl.String, "reverse": pl.Boolean,
+        **{f"{sp}_{c}": pl.Float64 for sp in ("id", "ood") for c in ("accuracy", "ci_low", "ci_high")},
+        **{f"{k}_{sp}": pl.Float64 for sp in ("id", "ood") for k in ("donor", "target")},
+        **{f"recovery_{sp}_pct": pl.Float64 for sp in ("id", "ood")},
+    }
+    df = pl.DataFrame(rows, schema=schema)
+    method_order = pl.col("method").replace_strict(
+        {"uv-merge": 0, "sigma-swap": 1, "triplet-swap": 2, "layer-reset": 3}, return_dtype=pl.Int64
+    )
+    spectral = (
+        df.filter(pl.col("method") != "layer-reset")
+        .sort([pl.col("reverse"), method_order, pl.col("top"), pl.col("bottom"), pl.col("name")])
+        .drop("layers")
+    )
+    first = pl.col("layers").str.extract(r"^(\d+)", 1).cast(pl.Int64)
+    last = pl.col("layers").str.extract(r"(\d+)$", 1).cast(pl.Int64)
+    layers = df.filter(pl.col("method") == "layer-reset").sort([first, last, pl.col("name")]).drop("top", "bottom", "reverse")
+    return spectral, layers
+
+
+_EDIT_COMMON = {
+    "ID % [95% CI]": ("ci", ("id_accuracy", "id_ci_low", "id_ci_high")),
+    "OOD % [95% CI]": ("ci", ("ood_accuracy", "ood_ci_low", "ood_ci_high")),
+    "donor OOD %": ("pct", "donor_ood"),
+    "target OOD %": ("pct", "target_ood"),
+    "OOD recovery %": ("raw1", "recovery_ood_pct"),
+    "ID recovery %": ("raw1", "recovery_id_pct"),
+}
+UV_MERGE_MARKDOWN = {
+    "method": ("raw", "method"),
+    "donor → target": ("arrow", ("donor", "target")),
+    "top": ("raw", "top"),
+    "bottom": ("raw", "bottom"),
+    **_EDIT_COMMON,
+}
+LAYER_RESET_MARKDOWN = {
+    "layers": ("raw", "layers"),
+    "donor → target": ("arrow", ("donor", "target")),
+    **_EDIT_COMMON,
+}
+
+
+# --- spectra ----------------------------------------------------------------------------------
+
+
+def spectrum_summary(paths: list[str | os.PathLike]) -> pl.DataFrame:
+    """Mean |Δσ|/σ and mean principal angle (U and V) by matrix type and band, per compared pair.
+
+    ``paths`` are ``spectrum/<a>--<b>.parquet`` files; rows keep their order (pairs as given),
+    then matrix type (q, k, v, o, gate, up, down) and band (head, bulk, tail).
+    """
+    from sftrl.spectrum import BANDS, MATRIX_TYPES
+
+    frames = []
+    for i, path in enumerate(paths):
+        a, _, b = Path(path).name.removesuffix(".parquet").partition("--")
+        frames.append(pl.read_parquet(path).with_columns(pl.lit(i).alias("pair_order"), pl.lit(a).alias("a"), pl.lit(b).alias("b")))
+    df = pl.concat(frames, how="diagonal_relaxed")
+    type_order = {t: j for j, t in enumerate(MATRIX_TYPES)}
+    band_order = {t: j for j, t in enumerate(BANDS)}
+    out = (
+        df.group_by("pair_order", "a", "b", "type", "band")
+        .agg(
+            pl.len().alias("matrices"),
+            pl.col("mean_rel_dsigma").mean(),
+            pl.col("mean_angle_u").mean(),
+            pl.col("mean_angle_v").mean(),
+        )
+        .with_columns(
+            pl.col("type").replace_strict(type_order, default=len(type_order), return_dtype=pl.Int64).alias("_t"),
+            pl.col("band").replace_strict(band_order, return_dtype=pl.Int64).alias("_b"),
+        )
+        .sort("pair_order", "_t", "type", "_b")
+        .drop("pair_order", "_t", "_b")
+    )
+    return out
+
+
+SPECTRUM_MARKDOWN = {
+    "pair": ("arrow", ("a", "b")),
+    "type": ("raw", "type"),
+    "band": ("raw", "band"),
+    "matrices": ("raw", "matrices"),
+    "mean |Δσ|/σ": ("sci", "mean_rel_dsigma"),
+    "mean angle U (°)": ("raw1", "mean_angle_u"),
+    "mean angle V (°)": ("raw1", "mean_angle_v"),
 }
 
 

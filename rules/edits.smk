@@ -1,0 +1,41 @@
+# Recovery edits without RL: UV merge, sigma swap, triplet swap and layer reset from a donor.
+
+
+rule edit:
+    input:
+        unpack(edit_inputs),
+    output:
+        edited(directory(R("models/{method}-{donor}-into-{target}-{param}"))),
+    log:
+        R("logs/edits/{method}-{donor}-into-{target}-{param}.log"),
+    threads: config["threads"]
+    resources:
+        **res("edit"),
+    params:
+        types=config["edits"]["types"],
+        embeddings=config["edits"]["layer_reset_embeddings"],
+    script:
+        "../scripts/edit.py"
+
+
+rule table_edits:
+    input:
+        edits=edit_eval_targets,
+        donor_target=lambda wc: expand(
+            R("eval/{model}/{split}.json"),
+            model=sorted(
+                {donor_model(), target_model(), *trajectory_models(), *rl_models()}
+            ),
+            split=SPLITS,
+        ),
+    output:
+        uv_csv=R("tables/uv-merge.csv"),
+        uv_md=R("tables/uv-merge.md"),
+        layer_csv=R("tables/layer-reset.csv"),
+        layer_md=R("tables/layer-reset.md"),
+    log:
+        R("logs/tables/edits.log"),
+    resources:
+        **res("tables"),
+    script:
+        "../scripts/table_edits.py"

@@ -1,0 +1,64 @@
+# Spectral diagnostics: one SVD per model, reused by every comparison and edit.
+
+
+checkpoint peak_ood:
+    input:
+        expand(R("eval/{model}/ood.json"), model=sft_models()),
+    output:
+        R("eval/peak-ood.json"),
+    log:
+        R("logs/tables/peak-ood.log"),
+    resources:
+        **res("tables"),
+    script:
+        "../scripts/peak_ood.py"
+
+
+rule svd:
+    input:
+        R("models/{model}"),
+    output:
+        R("svd/{model}.safetensors"),
+    log:
+        R("logs/svd/{model}.log"),
+    threads: config["threads"]
+    resources:
+        **res("svd"),
+    params:
+        types=config["spectrum"]["types"],
+        factors=config["spectrum"]["factors"],
+    script:
+        "../scripts/svd.py"
+
+
+rule spectrum:
+    input:
+        unpack(svd_inputs),
+    output:
+        summary=R("spectrum/{a}--{b}.parquet"),
+        index=R("spectrum/{a}--{b}.index.parquet"),
+    log:
+        R("logs/spectrum/{a}--{b}.log"),
+    threads: config["threads"]
+    resources:
+        **res("spectrum"),
+    params:
+        types=config["spectrum"]["types"],
+        k_frac=config["spectrum"]["k_frac"],
+        band=config["spectrum"]["band"],
+    script:
+        "../scripts/spectrum.py"
+
+
+rule table_spectrum:
+    input:
+        spectrum_targets,
+    output:
+        csv=R("tables/spectrum.csv"),
+        md=R("tables/spectrum.md"),
+    log:
+        R("logs/tables/spectrum.log"),
+    resources:
+        **res("tables"),
+    script:
+        "../scripts/table_spectrum.py"
