@@ -74,3 +74,84 @@ def test_rl_recovery_rows_and_recovery(tmp_path):
     assert df["recovery_pct"].to_list() == pytest.approx([-100.0, 50.0])
     md = tables.to_markdown(df, tables.RL_RECOVERY_MARKDOWN).splitlines()
     assert md[3] == "| 400 | 90.0 [85.0, 95.0] | 10.0 [5.0, 15.0] | 92.0 [87.0, 97.0] | 25.0 [20.0, 30.0] | 40.0 | 50.0 |"
+
+
+def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
+    paths = [
+        _summary(tmp_path, m, "ood", a)
+        for m, a in [("sft-25", 0.30), ("sft-100", 0.45), ("sft-50", 0.45), ("sft-800", 0.05)]
+    ]
+    assert tables.peak_ood(tables.read_summaries(paths)) == {"model": "sft-50", "step": 50, "ood_accuracy": 0.45}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("uvmerge-sft-50-into-sft-800-top0.2", dict(method="uv-merge", donor="sft-50", target="sft-800", top=0.2, bottom=0.0)),
+        ("sigmaswap-base-into-sft-8-top0-bottom0.2", dict(method="sigma-swap", donor="base", top=0.0, bottom=0.2)),
+        ("layerreset-sft-50-into-sft-800-layers0-1", dict(method="layer-reset", layers="0-1", top=None)),
+        ("uvmerge-sft-800-into-ppo-800-top1", dict(donor="sft-800", target="ppo-800", top=1.0)),
+    ],
+)
+def test_parse_edit_name(name, expected):
+    parsed = tables.parse_edit_name(name)
+    assert {k: parsed[k] for k in expected} == expected
+
+
+def test_parse_edit_name_rejects_other_names():
+    with pytest.raises(ValueError, match="not an edited model name"):
+        tables.parse_edit_name("uvmerge-sft-50-top0.2")
+
+
+def test_edit_tables_recovery_and_order(tmp_path):
+    specs = [
+        ("sft-50", 0.9, 0.40),  # donor
+        ("sft-800", 0.99, 0.10),  # target
+        ("ppo-800", 0.99, 0.20),
+        ("uvmerge-sft-50-into-sft-800-top0.5", 0.95, 0.25),
+        ("uvmerge-sft-50-into-sft-800-top0.2", 0.97, 0.31),
+        ("sigmaswap-sft-50-into-sft-800-top0.2", 0.99, 0.10),
+        ("uvmerge-sft-800-into-ppo-800-top1", 0.99, 0.15),
+        ("layerreset-sft-50-into-sft-800-layers1", 0.98, 0.12),
+        ("layerreset-sft-50-into-sft-800-layers0-1", 0.96, 0.30),
+        ("layerreset-sft-50-into-sft-800-layers0", 0.97, 0.28),
+    ]
+    paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
+    spectral, layers = tables.edit_tables(tables.read_summaries(paths))
+    assert spectral["name"].to_list() == [
+        "uvmerge-sft-50-into-sft-800-top0.2",
+        "uvmerge-sft-50-into-sft-800-top0.5",
+        "sigmaswap-sft-50-into-sft-800-top0.2",
+        "uvmerge-sft-800-into-ppo-800-top1",  # the reverse experiment comes last
+    ]
+    # (0.31 - 0.10) / (0.40 - 0.10) = 70%; reverse: (0.15 - 0.20) / (0.10 - 0.20) = 50%
+    assert spectral["recovery_ood_pct"].to_list() == pytest.approx([70.0, 50.0, 0.0, 50.0])
+    assert layers["layers"].to_list() == ["0", "0-1", "1"]
+    assert layers["recovery_ood_pct"].to_list() == pytest.approx([60.0, 66.667, 6.667], abs=1e-3)
+    md = tables.to_markdown(layers, tables.LAYER_RESET_MARKDOWN).splitlines()
+    assert md[2].startswith("| 0 | sft-50 → sft-800 | 97.0 [92.0, 102.0] | 28.0 [23.0, 33.0] | 40.0 | 10.0 | 60.0 |")
+
+
+def test_edit_tables_need_the_donor_summary(tmp_path):
+    paths = [_summary(tmp_path, "uvmerge-sft-50-into-sft-800-top0.2", s, 0.3) for s in ("id", "ood")]
+    paths += [_summary(tmp_path, "sft-800", s, 0.3) for s in ("id", "ood")]
+    with pytest.raises(ValueError, match="donor sft-50"):
+        tables.edit_tables(tables.read_summaries(paths))
+
+
+def test_spectrum_summary_groups_by_type_and_band(tmp_path):
+    rows = []
+    for layer in (0, 1):
+        for t in ("v", "q"):
+            for band, d in (("tail", 3.0), ("head", 1.0), ("bulk", 2.0)):
+                rows.append(dict(matrix=f"model.layers.{layer}.self_attn.{t}_proj.weight", layer=layer, type=t,
+                                 band=band, mean_rel_dsigma=d * 1e-3 * (layer + 1), mean_angle_u=d * 10.0,
+                                 mean_angle_v=d * 20.0))
+    path = tmp_path / "base--sft-8.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    df = tables.spectrum_summary([path])
+    assert df.select("type", "band").rows() == [("q", "head"), ("q", "bulk"), ("q", "tail"),
+                                                ("v", "head"), ("v", "bulk"), ("v", "tail")]
+    assert df["matrices"].to_list() == [2] * 6
+    assert df["mean_rel_dsigma"][0] == pytest.approx(1.5e-3)  # mean of 1e-3 and 2e-3
+    assert df["a"][0] == "base" and df["b"][0] == "sft-8"
