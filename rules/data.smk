@@ -11,6 +11,7 @@ rule data_sft:
     params:
         kind="sft",
         n=config["data"]["sft_size"],
+        answer=config["data"]["answer"],
         seed=config["data"]["seed"],
         template=config["model"]["template"],
         holdout=[
@@ -71,6 +72,7 @@ rule data_pretrain:
     params:
         kind="pretrain",
         n=config["data"].get("pretrain_size", 0),
+        answer=config["data"]["answer"],
         seed=config["data"]["seed"] + 2,
         template=config["model"]["template"],
         holdout=[

@@ -9,8 +9,10 @@ with job_log(snakemake.log[0]):  # noqa: F821
     heldout = data.heldout_multisets(*p.holdout)
     if p.kind.startswith("eval-"):
         df = data.make_eval(p.kind.removeprefix("eval-"), p.n, p.seed, p.template, heldout)
+    elif p.kind == "rl":
+        df = data.make_rl(p.n, p.seed, p.template, heldout)
     else:
-        make = {"sft": data.make_sft, "rl": data.make_rl, "pretrain": data.make_pretrain}[p.kind]
-        df = make(p.n, p.seed, p.template, heldout)
+        make = {"sft": data.make_sft, "pretrain": data.make_pretrain}[p.kind]
+        df = make(p.n, p.seed, p.template, heldout, answer=p.answer)
     write_parquet(df, snakemake.output[0])  # noqa: F821
     print(f"{p.kind}: {df.height} rows, {int(df['heldout'].sum())} in the held-out split")

@@ -8,8 +8,7 @@ from sftrl.ppo import PPOConfig, train_ppo
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
 with job_log(sm.log[0], sm.threads):
-    settings = {k: v for k, v in p.rl.items() if k in PPOConfig.__dataclass_fields__}
-    cfg = PPOConfig(**settings)
+    cfg = PPOConfig.from_dict({k: v for k, v in p.rl.items() if k not in ("algorithm", "num_generations")})
     common = dict(
         model_dir=sm.input.model,
         rl_hands=pl.read_parquet(sm.input.data),

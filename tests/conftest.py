@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# One intra-op thread: several torch processes on a small machine (a test and the jobs of a
+# workflow it runs) otherwise spin against each other and run many times slower.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 

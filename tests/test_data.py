@@ -68,3 +68,22 @@ def test_heldout_multisets_never_reach_training_data_and_are_flagged_in_eval():
 def test_bad_split_is_rejected():
     with pytest.raises(ValueError, match="split"):
         data.make_eval("test", 10, 0, "compact")
+
+
+def test_first_answer_is_the_same_for_the_same_numbers():
+    df = data.make_sft(400, 0, "compact", answer="first")
+    assert all(len(answers) == 1 for answers in _answers_by_numbers(df).values())
+    rnd = data.make_sft(400, 0, "compact", answer="random")
+    assert any(len(a) > 1 for a in _answers_by_numbers(rnd).values())
+
+
+def _answers_by_numbers(df):
+    out = {}
+    for numbers, completion in zip(df["numbers"].to_list(), df["completion"]):
+        out.setdefault(tuple(sorted(numbers)), set()).add(completion)
+    return out
+
+
+def test_unknown_answer_mode_is_named():
+    with pytest.raises(ValueError, match="data.answer"):
+        data.make_sft(10, 0, "compact", answer="best")

@@ -85,7 +85,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         from sftrl.ppo import PPOConfig
 
         try:
-            PPOConfig(**{k: v for k, v in rl.items() if k in PPOConfig.__dataclass_fields__})
+            PPOConfig.from_dict({k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")})
         except ValueError as err:
             problems.append(f"rl: {err}")
     return problems

@@ -65,6 +65,7 @@ def _rows(
     heldout: frozenset,
     train: bool,
     with_answer: bool,
+    answer: str = "first",
 ) -> pl.DataFrame:
     tpl = get_template(template)
     rng = random.Random(seed)
@@ -76,7 +77,8 @@ def _rows(
         numbers = hand_numbers(cards, rule)
         completion = ""
         if with_answer:
-            formula = rng.choice(solve(numbers))
+            solutions = solve(numbers)
+            formula = solutions[0] if answer == "first" else rng.choice(solutions)
             completion = tpl.response(cards, rule, formula)
         rows.append(
             {
@@ -93,9 +95,17 @@ def _rows(
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def make_sft(n: int, seed: int, template: str, heldout: frozenset = frozenset()) -> pl.DataFrame:
-    """ID-rule SFT examples: prompt and one solver solution (drawn with the seed) as the answer."""
-    return _rows(n, seed, template, lambda rng: "id", False, heldout, train=True, with_answer=True)
+def make_sft(
+    n: int, seed: int, template: str, heldout: frozenset = frozenset(), answer: str = "first"
+) -> pl.DataFrame:
+    """ID-rule SFT examples: prompt and one solver solution as the answer.
+
+    ``answer="first"``: the solver's first solution, the same for every hand with the same numbers
+    (a learnable lookup for a tiny model); ``"random"``: a solution drawn with the seed (closer to the
+    study, whose solver shuffled before taking the first).
+    """
+    _check_answer(answer)
+    return _rows(n, seed, template, lambda rng: "id", False, heldout, train=True, with_answer=True, answer=answer)
 
 
 def make_rl(n: int, seed: int, template: str, heldout: frozenset = frozenset()) -> pl.DataFrame:
@@ -117,6 +127,17 @@ def _pretrain_rule(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randint(low, 13) for _ in range(3))
 
 
-def make_pretrain(n: int, seed: int, template: str, heldout: frozenset = frozenset()) -> pl.DataFrame:
+def make_pretrain(
+    n: int, seed: int, template: str, heldout: frozenset = frozenset(), answer: str = "first"
+) -> pl.DataFrame:
     """Tiny base pretraining: the J/Q/K values of each example are drawn and stated in its prompt."""
-    return _rows(n, seed, template, _pretrain_rule, False, heldout, train=True, with_answer=True)
+    _check_answer(answer)
+    return _rows(n, seed, template, _pretrain_rule, False, heldout, train=True, with_answer=True, answer=answer)
+
+
+ANSWERS = ("first", "random")
+
+
+def _check_answer(answer: str) -> None:
+    if answer not in ANSWERS:
+        raise ValueError(f"data.answer: expected one of {ANSWERS}, got {answer!r}")

@@ -1,0 +1,167 @@
+"""The `sftrl` command on two tiny Llama checkpoints, and its errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sftrl.checkpoints import Checkpoint
+from sftrl.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def save_tiny_llama(path, seed, vocab_size=40):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=vocab_size,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return save_tiny_llama(root / "sft-800", 0), save_tiny_llama(root / "sft-50", 1)
+
+
+def generates(path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    out = model.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    return out.shape == (1, 5)
+
+
+def test_edit_uv_merge(ckpts, tmp_path, capsys):
+    target, donor = ckpts
+    out = tmp_path / "uvmerge-sft-50-into-sft-800-top0.2"
+    argv = [
+        "edit",
+        "uv-merge",
+        "--donor",
+        donor,
+        "--target",
+        target,
+        "--top",
+        "0.2",
+        "--types",
+        "q,k,v,down",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "uv-merge top=0.2 bottom=0.0 types=q,k,v,down: 16 of 38 tensors from the donor" in capsys.readouterr().out
+    assert generates(out)
+
+
+def test_edit_layer_reset(ckpts, tmp_path):
+    target, donor = ckpts
+    out = tmp_path / "reset"
+    assert (
+        main(["edit", "layer-reset", "--donor", donor, "--target", target, "--layers", "0-0", "--out", str(out)]) == 0
+    )
+    name = "model.embed_tokens.weight"
+    assert torch.equal(Checkpoint(out).read(name), Checkpoint(donor).read(name))
+    assert generates(out)
+    kept = tmp_path / "kept"
+    assert (
+        main(
+            [
+                "edit",
+                "layer-reset",
+                "--donor",
+                donor,
+                "--target",
+                target,
+                "--layers",
+                "1",
+                "--no-embeddings",
+                "--out",
+                str(kept),
+            ]
+        )
+        == 0
+    )
+    assert torch.equal(Checkpoint(kept).read(name), Checkpoint(target).read(name))
+
+
+def test_spectrum(ckpts, tmp_path, capsys):
+    target, donor = ckpts
+    out = tmp_path / "sft-50--sft-800.parquet"
+    assert main(["spectrum", donor, target, "--out", str(out), "--k", "4", "--band", "0.25"]) == 0
+    summary = pl.read_parquet(out)
+    per_index = pl.read_parquet(tmp_path / "sft-50--sft-800.index.parquet")
+    assert summary.height == 4 * 7 * 3 and set(summary["k"]) == {4}
+    assert per_index.height == 4 * 7 * 32  # every matrix here has min(rows, cols) = 32
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_exit_2(ckpts, tmp_path, capsys):
+    target, donor = ckpts
+    wide = save_tiny_llama(tmp_path / "wide", 2, vocab_size=48)
+    holed = tmp_path / "holed"
+    shutil.copytree(donor, holed)
+    src = Checkpoint(donor)
+    save_file(
+        {n: src.read(n) for n in src.names if n != "model.layers.3.mlp.up_proj.weight"}, holed / "model.safetensors"
+    )
+    cases = [
+        (
+            ["edit", "uv-merge", "--donor", str(tmp_path / "nowhere"), "--target", target, "--top", "0.2"],
+            "nowhere: not a directory",
+        ),
+        (["edit", "uv-merge", "--donor", wide, "--target", target, "--top", "0.2"], "differ in shape"),
+        (
+            ["edit", "triplet-swap", "--donor", str(holed), "--target", target, "--top", "0.2"],
+            "only in the target (e.g. model.layers.3.mlp.up_proj.weight)",
+        ),
+        (
+            ["edit", "layer-reset", "--donor", donor, "--target", target, "--layers", "2-9"],
+            "no decoder layer(s) [4, 5, 6, 7, 8, 9]",
+        ),
+        (["edit", "uv-merge", "--donor", donor, "--target", target, "--top", "1.5"], "expected a fraction in [0, 1]"),
+        (["edit", "uv-merge", "--donor", donor, "--target", target, "--top", "0.2", "--types", "qkv"], "matrix types"),
+        (["spectrum", donor, str(holed), "--types", "up"], "no tensor named model.layers.3.mlp.up_proj.weight"),
+    ]
+    capsys.readouterr()  # drop save_pretrained's progress output
+    for argv, message in cases:
+        out = str(tmp_path / "out.parquet") if argv[0] == "spectrum" else str(tmp_path / "out")
+        assert main([*argv, "--out", out]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_module_entry_point_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [
+        "edit",
+        "uv-merge",
+        "--donor",
+        str(tmp_path / "a"),
+        "--target",
+        str(tmp_path / "b"),
+        "--top",
+        "0.2",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    result = subprocess.run([sys.executable, "-m", "sftrl.cli", *argv], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"sftrl: error: {tmp_path / 'b'}: not a directory"
