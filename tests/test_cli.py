@@ -165,3 +165,30 @@ def test_module_entry_point_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sftrl.cli", *argv], capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == f"sftrl: error: {tmp_path / 'b'}: not a directory"
+
+
+def test_cli_evaluate_writes_summaries(tmp_path, capsys):
+    import json
+
+    from sftrl.cli import main
+    from sftrl.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    tok = build_tiny_tokenizer()
+    arch = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_position_embeddings=64)
+    save_model(build_tiny_model(arch, tok, 0), tok, tmp_path / "m")
+    rc = main(["evaluate", str(tmp_path / "m"), "--hands", "6", "--max-new-tokens", "4", "--out", str(tmp_path / "e")])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["split"] for x in lines] == ["id", "ood"] and all(x["n"] == 6 for x in lines)
+    assert json.loads((tmp_path / "e" / "ood.json").read_text())["n"] == 6
+    assert (tmp_path / "e" / "id.parquet").is_file()
+
+
+def test_cli_evaluate_errors_are_one_line(tmp_path, capsys):
+    from sftrl.cli import main
+
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path), "--splits", "test"]) == 2
+    assert "--splits" in capsys.readouterr().err

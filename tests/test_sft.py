@@ -30,17 +30,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_segments_lower_the_loss_and_write_exactly_their_outputs(tmp_path, sft_data):
     tok = build_tiny_tokenizer()
-    hp = _settings()
+    hp = _settings(max_steps=40)
     train_segment(
-        build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 12, tmp_path / "sft-12", tmp_path / "work",
-        state_out=tmp_path / "state-12", metrics_path=tmp_path / "m.jsonl",
+        build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 40, tmp_path / "sft-40", tmp_path / "work",
+        state_out=tmp_path / "state-40", metrics_path=tmp_path / "m.jsonl",
     )
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < losses[0] * 0.8
     assert all("learning_rate" in r for r in rows if "loss" in r)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "sft-12", "state-12"]  # work dir cleaned
-    assert (tmp_path / "state-12" / "optimizer.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "sft-40", "state-40"]  # work dir cleaned
+    assert (tmp_path / "state-40" / "optimizer.pt").is_file()
 
 
 def test_chained_segments_equal_one_uninterrupted_run(tmp_path, sft_data):

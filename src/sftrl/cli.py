@@ -5,6 +5,7 @@ Hugging Face checkpoints, outside the workflow.
     sftrl edit sigma-swap | triplet-swap   (same options)
     sftrl edit layer-reset --donor DIR --target DIR --layers 0-3 [--no-embeddings] --out DIR
     sftrl spectrum DIR_A DIR_B --out FILE.parquet [--types q,k,v,o,gate,up,down] [--k-frac F | --k N] [--band F]
+    sftrl evaluate DIR [--template compact|paper] [--splits id,ood] [--hands 234] [--turns 1] [--out DIR]
 
 Bad input (not a checkpoint, incompatible checkpoints, malformed arguments) prints one line to
 stderr and exits with status 2.
@@ -101,8 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--band", type=float, default=0.1, help="head and tail fraction for band summaries")
     spectrum.add_argument("--device", default=None, help="torch device for the SVDs (default: cuda if available)")
 
-    # --- evaluate: the lead adds `sftrl evaluate` here (a subparser plus a `_run_evaluate`
-    # --- handler registered in HANDLERS below).
+    evaluate = commands.add_parser(
+        "evaluate", help="play fixed ID/OOD hands with a checkpoint (the study's multi-turn verifier)"
+    )
+    evaluate.add_argument("model", help="checkpoint directory")
+    evaluate.add_argument("--template", choices=("compact", "paper"), default="compact")
+    evaluate.add_argument("--splits", default="id,ood", help="comma-separated: id, ood")
+    evaluate.add_argument("--hands", type=int, default=234, help="hands per split (the study: 234)")
+    evaluate.add_argument("--seed", type=int, default=42, help="seed of the hands (the study: 42)")
+    evaluate.add_argument("--turns", type=int, default=1, help="attempts per hand (the study: 5)")
+    evaluate.add_argument("--decoding", choices=("greedy", "model"), default="greedy")
+    evaluate.add_argument("--max-new-tokens", type=int, default=24)
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--arithmetic", choices=("exact", "float"), default="exact")
+    evaluate.add_argument("--out", help="directory for <split>.parquet and <split>.json (optional)")
     return parser
 
 
@@ -130,7 +143,31 @@ def _run_spectrum(args) -> None:
     print(f"wrote {args.out} ({summary.height} rows) and {index_path(args.out)} ({per_index.height} rows)")
 
 
-HANDLERS = {"edit": _run_edit, "spectrum": _run_spectrum}
+def _run_evaluate(args) -> None:
+    import json
+    from pathlib import Path
+
+    from sftrl.atomic import write_parquet, write_text
+    from sftrl.data import SPLITS, make_eval
+    from sftrl.evaluate import GenerationSettings, evaluate_model
+    from sftrl.models import check_checkpoint_dir
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise UsageError(f"sftrl evaluate: error: --splits takes {', '.join(SPLITS)}; got {args.splits!r}")
+    check_checkpoint_dir(args.model, key="model")
+    hands = {s: make_eval(s, args.hands, args.seed, args.template) for s in splits}
+    settings = GenerationSettings(args.max_new_tokens, args.batch_size, args.decoding, args.seed)
+    results = evaluate_model(args.model, hands, args.template, args.turns, settings, args.arithmetic)
+    for split, (records, summary) in results.items():
+        print(json.dumps({"split": split, **summary}))
+        if args.out:
+            write_parquet(records, Path(args.out) / f"{split}.parquet")
+            write_text(json.dumps({"split": split, **summary}, indent=2) + "\n", Path(args.out) / f"{split}.json")
+
+
+HANDLERS = {"edit": _run_edit, "spectrum": _run_spectrum, "evaluate": _run_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
