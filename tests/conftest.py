@@ -44,6 +44,25 @@ def repo_root() -> Path:
     return ROOT
 
 
+def save_tiny_llama(path: Path, seed, vocab_size=40, max_shard_size=None) -> Path:
+    """A random 4-layer LlamaForCausalLM (tied embeddings, no tokenizer) saved to ``path``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=vocab_size,
+        tie_word_embeddings=True,
+    )
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    LlamaForCausalLM(config).save_pretrained(path, **kwargs)
+    return path
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the repository's Snakefile in ``workdir`` (which holds its own config.yaml)."""
     cmd = [

@@ -9,6 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+
+from conftest import save_tiny_llama
 from safetensors.torch import save_file
 
 from sftrl.checkpoints import Checkpoint
@@ -17,27 +19,12 @@ from sftrl.cli import main
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def save_tiny_llama(path, seed, vocab_size=40):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=vocab_size,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    return save_tiny_llama(root / "sft-800", 0), save_tiny_llama(root / "sft-50", 1)
+    return str(save_tiny_llama(root / "sft-800", 0)), str(save_tiny_llama(root / "sft-50", 1))
 
 
 def generates(path):
@@ -114,7 +101,7 @@ def test_spectrum(ckpts, tmp_path, capsys):
 
 def test_errors_are_one_line_and_exit_2(ckpts, tmp_path, capsys):
     target, donor = ckpts
-    wide = save_tiny_llama(tmp_path / "wide", 2, vocab_size=48)
+    wide = str(save_tiny_llama(tmp_path / "wide", 2, vocab_size=48))
     holed = tmp_path / "holed"
     shutil.copytree(donor, holed)
     src = Checkpoint(donor)

@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+
+from conftest import save_tiny_llama
 from safetensors.torch import save_file
 
 from sftrl.checkpoints import (
@@ -184,22 +186,6 @@ def test_parse_layers():
 # Checkpoints
 
 
-def save_tiny_llama(path, seed, vocab_size=40, max_shard_size=None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=vocab_size,
-        tie_word_embeddings=True,
-    )
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    LlamaForCausalLM(config).save_pretrained(path, **kwargs)
-    return path
 
 
 def load_and_generate(path):
