@@ -207,4 +207,3 @@ def table_targets():
     if "edits" in config:
         tables += [R("tables/uv-merge.md"), R("tables/layer-reset.md")]
     return tables
-
