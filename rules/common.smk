@@ -39,6 +39,12 @@ def res(group):
     return {**config["resources"]["default"], **config["resources"].get(group, {})}
 
 
+def holdout():
+    """(fraction, seed) of the held-out rank multisets, shared by every data set."""
+    d = config["data"]
+    return [d.get("holdout_fraction", 0.0), d.get("holdout_seed", 0)]
+
+
 def sft_models():
     return [f"sft-{s}" for s in SFT_STEPS]
 
@@ -82,13 +88,6 @@ def sft_hparams():
 
 
 # --- spectra and edits ---------------------------------------------------------------------
-
-EDIT_METHODS = {
-    "uvmerge": "uv-merge",
-    "sigmaswap": "sigma-swap",
-    "tripletswap": "triplet-swap",
-}
-
 
 def peak_model():
     """The SFT checkpoint with the highest OOD accuracy (a Snakemake checkpoint: known once the

@@ -14,10 +14,7 @@ rule data_sft:
         answer=config["data"]["answer"],
         seed=config["data"]["seed"],
         template=config["model"]["template"],
-        holdout=[
-            config["data"].get("holdout_fraction", 0.0),
-            config["data"].get("holdout_seed", 0),
-        ],
+        holdout=holdout(),
     script:
         "../scripts/data.py"
 
@@ -34,10 +31,7 @@ rule data_rl:
         n=config["data"]["rl_size"],
         seed=config["data"]["seed"] + 1,
         template=config["model"]["template"],
-        holdout=[
-            config["data"].get("holdout_fraction", 0.0),
-            config["data"].get("holdout_seed", 0),
-        ],
+        holdout=holdout(),
     script:
         "../scripts/data.py"
 
@@ -54,10 +48,7 @@ rule data_eval:
         n=config["data"]["eval_size"],
         seed=config["data"]["eval_seed"],
         template=config["model"]["template"],
-        holdout=[
-            config["data"].get("holdout_fraction", 0.0),
-            config["data"].get("holdout_seed", 0),
-        ],
+        holdout=holdout(),
     script:
         "../scripts/data.py"
 
@@ -75,9 +66,6 @@ rule data_pretrain:
         answer=config["data"]["answer"],
         seed=config["data"]["seed"] + 2,
         template=config["model"]["template"],
-        holdout=[
-            config["data"].get("holdout_fraction", 0.0),
-            config["data"].get("holdout_seed", 0),
-        ],
+        holdout=holdout(),
     script:
         "../scripts/data.py"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -37,11 +36,6 @@ def reduced_config(study: str = "test") -> dict:
     cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=["0", "0-1"])
     cfg["threads"] = 1
     return cfg
-
-
-@pytest.fixture
-def repo_root() -> Path:
-    return ROOT
 
 
 def save_tiny_llama(path: Path, seed, vocab_size=40, max_shard_size=None) -> Path:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sftrl import data
 from sftrl.models import build_tiny_model, build_tiny_tokenizer
-from sftrl.sft import TrainSettings, previous_step, train_segment
+from sftrl.sft import TrainSettings, train_segment
 
 ARCH = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_position_embeddings=64)
 
@@ -98,7 +98,3 @@ def test_lora_segment_saves_a_merged_plain_checkpoint(tmp_path, sft_data):
     assert not any("lora" in n for n in names)
     assert "model.layers.0.self_attn.q_proj.weight" in names
 
-
-def test_previous_step():
-    assert previous_step(50, [25, 50, 100]) == 25
-    assert previous_step(25, [25, 50, 100]) is None

@@ -5,7 +5,7 @@ import json
 import polars as pl
 import pytest
 
-from conftest import ROOT, reduced_config, run_snakemake, write_config
+from conftest import reduced_config, run_snakemake, write_config
 
 
 def test_dry_run_lists_the_data_jobs(tmp_path):

@@ -57,9 +57,8 @@ def _cross_checks(cfg: dict) -> list[str]:
     if model["source"] == "local" and not model.get("path"):
         problems.append("model.path: required when model.source is 'local' (a checkpoint directory)")
     if model["source"] == "tiny":
-        for key in ("tiny",):
-            if key not in model:
-                problems.append(f"model.{key}: required when model.source is 'tiny'")
+        if "tiny" not in model:
+            problems.append("model.tiny: required when model.source is 'tiny' (its architecture)")
         if "base" not in cfg:
             problems.append("base: required when model.source is 'tiny' (pretraining of the tiny base)")
         if "pretrain_size" not in cfg["data"]:

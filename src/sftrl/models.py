@@ -15,7 +15,6 @@ All checkpoints are safetensors, and every directory is written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -203,8 +202,3 @@ def apply_lora(model, lora: dict):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as fh:
-        return json.load(fh)

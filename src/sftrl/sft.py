@@ -236,8 +236,3 @@ def train_segment(
     shutil.rmtree(work_dir, ignore_errors=True)
     return trainer.state.log_history[-1] if trainer.state.log_history else {}
 
-
-def previous_step(step: int, steps: list[int]) -> int | None:
-    """The checkpoint a segment resumes from: the largest configured step below ``step``."""
-    earlier = [s for s in steps if s < step]
-    return max(earlier) if earlier else None
