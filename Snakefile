@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
@@ -18,6 +21,7 @@ include: "rules/evaluate.smk"
 include: "rules/spectrum.smk"
 include: "rules/edits.smk"
 include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -27,6 +31,9 @@ rule all:
         table_targets(),
         spectrum_targets,
         edit_eval_targets,
+        stage_targets(),
+        plot_targets(),
+        report_targets(),
 
 
 # Named partial targets: `snakemake all_data`, `snakemake all_sft`, ...
@@ -63,3 +70,9 @@ rule all_edits:
         edit_eval_targets,
         R("tables/uv-merge.md"),
         R("tables/layer-reset.md"),
+
+
+rule all_plots:
+    input:
+        plot_targets(),
+        report_targets(),

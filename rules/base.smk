@@ -8,6 +8,8 @@ rule base:
         directory(R("models/base")),
     log:
         R("logs/base/base.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("base"),

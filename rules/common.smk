@@ -1,6 +1,7 @@
 # Wiring only: config validation, wildcard constraints, paths and input functions.
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,24 @@ try:
     validate(config, Path(workflow.basedir) / "config" / "schema.yaml")
 except ConfigError as err:
     sys.exit(f"sftrl: {err}")
+
+# envs/*.post-deploy.sh install this package into the rule environments (--sdm conda) from here.
+os.environ.update(SFTRL_ROOT=workflow.basedir)
+
+
+# Only the aggregate targets run in the Snakemake process itself. Every rule that does work, the
+# cheap data and table rules included, is a cluster job under an executor such as SLURM: login
+# nodes are often not meant for computation, and the data rules of a paper config write ~1M rows.
+localrules:
+    all,
+    all_data,
+    all_sft,
+    all_rl,
+    all_eval,
+    all_spectra,
+    all_edits,
+    all_plots,
+
 
 STUDY = config["study"]
 SPLITS = ["id", "ood"]
@@ -35,8 +54,17 @@ def R(path):
 
 
 def res(group):
-    """Resources of a rule group from config (`resources.default` overridden by the group)."""
-    return {**config["resources"]["default"], **config["resources"].get(group, {})}
+    """Resources of a rule group from config (`resources.default` overridden by the group).
+
+    cpus_per_task and cpus_per_gpu exclude each other (the SLURM plugin takes cpus_per_task
+    first, and a paper config's group inherits config.yaml's cpus_per_task): a job with GPUs
+    keeps cpus_per_gpu when it has one, a job without keeps cpus_per_task."""
+    merged = {**config["resources"]["default"], **config["resources"].get(group, {})}
+    if merged.get("gpu") and "cpus_per_gpu" in merged:
+        merged.pop("cpus_per_task", None)
+    elif not merged.get("gpu"):
+        merged.pop("cpus_per_gpu", None)
+    return merged
 
 
 def holdout():
@@ -88,6 +116,7 @@ def sft_hparams():
 
 
 # --- spectra and edits ---------------------------------------------------------------------
+
 
 def peak_model():
     """The SFT checkpoint with the highest OOD accuracy (a Snakemake checkpoint: known once the
@@ -206,3 +235,129 @@ def table_targets():
     if "edits" in config:
         tables += [R("tables/uv-merge.md"), R("tables/layer-reset.md")]
     return tables
+
+
+# --- tables, plots and the report ---------------------------------------------------------
+
+
+def moderate_model():
+    """The stage table's "Moderate" checkpoint: a later SFT checkpoint that RL started from.
+
+    Decision: the edits' target (`edits.target`, the last SFT checkpoint by default) when an RL
+    run started from it, so the stage table, the edit tables and the spectra describe the same
+    over-trained model; otherwise the last SFT checkpoint RL started from. None without RL.
+    """
+    starts = rl_steps()
+    if not starts:
+        return None
+    target = target_model() if "edits" in config else None
+    if target and target.startswith("sft-") and int(target.split("-")[1]) in starts:
+        return target
+    return f"sft-{starts[-1]}"
+
+
+def moderate_rl_model():
+    return moderate_model().replace("sft-", "ppo-")
+
+
+def stage_inputs(wildcards):
+    """peak-ood.json names Premax (a Snakemake checkpoint); Moderate and RL are known up front."""
+    models = sorted({peak_model(), moderate_model(), moderate_rl_model()})
+    return {
+        "peak": R("eval/peak-ood.json"),
+        "summaries": expand(R("eval/{model}/{split}.json"), model=models, split=SPLITS),
+    }
+
+
+def profile_pairs():
+    """The pairs of the per-index spectrum plots: base → last SFT checkpoint (what SFT did),
+    Premax → last SFT checkpoint (what SFT did past the OOD peak) and Moderate → its RL model
+    (what RL did), each where `spectrum.pairs` computes it; all computed pairs if none is.
+    """
+    pairs = spectrum_pairs()
+    last = f"sft-{SFT_STEPS[-1]}"
+    wanted = [("base", last), (peak_model(), last)]
+    if moderate_model():
+        wanted.append((moderate_model(), moderate_rl_model()))
+    chosen = [p for i, p in enumerate(wanted) if p in pairs and p not in wanted[:i]]
+    return chosen or pairs
+
+
+def stage_targets():
+    return [R("tables/stages.md")] if moderate_model() else []
+
+
+# name -> (report category, title). The order here is the order of the report's categories.
+RESULTS = {
+    "sft-trajectory": ("1. SFT and RL", "ID/OOD accuracy along SFT"),
+    "rl-recovery": ("1. SFT and RL", "OOD recovery by PPO per starting checkpoint"),
+    "stages": ("1. SFT and RL", "Stage table: Premax, Moderate, RL"),
+    "spectrum": ("2. Spectra", "Spectral change by matrix type and band"),
+    "sigma-change": ("2. Spectra", "Relative singular-value change by index"),
+    "principal-angles": ("2. Spectra", "Principal angles by index"),
+    "uv-merge": ("3. Edits", "UV merge, sigma swap and triplet swap"),
+    "layer-reset": ("3. Edits", "Layer reset"),
+}
+
+
+def has_spectral_edits():
+    e = config.get("edits")
+    return bool(e and (e["uv_merge"] or e["sigma_swap"] or e["triplet_swap"]))
+
+
+def has_layer_resets():
+    e = config.get("edits")
+    return bool(e and e["layer_reset"])
+
+
+def plot_names():
+    """The plots this config can draw (each needs the tables of its stage)."""
+    names = ["sft-trajectory"]
+    if rl_models():
+        names += ["rl-recovery", "stages"]
+    if "spectrum" in config:
+        names += ["sigma-change", "principal-angles"]
+    if has_spectral_edits():
+        names.append("uv-merge")
+    if has_layer_resets():
+        names.append("layer-reset")
+    return names
+
+
+def report_table_names():
+    names = ["sft-trajectory"]
+    if rl_models():
+        names += ["rl-recovery", "stages"]
+    if "spectrum" in config:
+        names.append("spectrum")
+    if "edits" in config:
+        names += ["uv-merge", "layer-reset"]
+    return names
+
+
+def plot_inputs(wildcards):
+    """The tables (CSV) a plot is drawn from."""
+    t = lambda name: R(f"tables/{name}.csv")
+    return {
+        "sft-trajectory": {"trajectory": t("sft-trajectory")}
+        | ({"rl": t("rl-recovery")} if rl_models() else {}),
+        "rl-recovery": {"rl": t("rl-recovery")},
+        "stages": {"stages": t("stages")},
+        "sigma-change": {"profile": t("spectrum-profile")},
+        "principal-angles": {
+            "profile": t("spectrum-profile"),
+            "summary": t("spectrum"),
+        },
+        "uv-merge": {"uv": t("uv-merge")},
+        "layer-reset": {"layers": t("layer-reset")},
+    }[wildcards.plot]
+
+
+def plot_targets():
+    return expand(
+        R("plots/{plot}.{ext}"), plot=plot_names(), ext=["html", "png", "svg"]
+    )
+
+
+def report_targets():
+    return expand(R("report/tables/{table}.html"), table=report_table_names())

@@ -6,6 +6,8 @@ rule data_sft:
         R("data/sft.parquet"),
     log:
         R("logs/data/sft.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("data"),
     params:
@@ -24,6 +26,8 @@ rule data_rl:
         R("data/rl.parquet"),
     log:
         R("logs/data/rl.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("data"),
     params:
@@ -41,6 +45,8 @@ rule data_eval:
         R("data/eval-{split}.parquet"),
     log:
         R("logs/data/eval-{split}.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("data"),
     params:
@@ -58,6 +64,8 @@ rule data_pretrain:
         R("data/pretrain.parquet"),
     log:
         R("logs/data/pretrain.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("data"),
     params:

@@ -8,6 +8,8 @@ rule edit:
         edited(directory(R("models/{method}-{donor}-into-{target}-{param}"))),
     log:
         R("logs/edits/{method}-{donor}-into-{target}-{param}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("edit"),
@@ -35,6 +37,8 @@ rule table_edits:
         layer_md=R("tables/layer-reset.md"),
     log:
         R("logs/tables/edits.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("tables"),
     script:

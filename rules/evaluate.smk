@@ -11,6 +11,8 @@ rule evaluate:
         summaries=expand(R("eval/{{model}}/{split}.json"), split=SPLITS),
     log:
         R("logs/evaluate/{model}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: 1
     resources:
         **res("evaluate"),

@@ -9,11 +9,14 @@ rule rl:
         directory(R("models/ppo-{step}")),
     log:
         R("logs/rl/ppo-{step}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("rl"),
     params:
         rl=rl_hparams(),
+        distributed=config["distributed"],
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
         work=lambda wc: R(f"train/ppo-{wc.step}"),
@@ -31,6 +34,8 @@ rule table_rl_recovery:
         md=R("tables/rl-recovery.md"),
     log:
         R("logs/tables/rl-recovery.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("tables"),
     script:

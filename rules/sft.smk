@@ -15,6 +15,8 @@ rule sft:
         ),
     log:
         R("logs/sft/sft-{step}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("sft"),
@@ -23,6 +25,7 @@ rule sft:
         max_length=config["model"].get("tiny", {}).get("max_position_embeddings"),
         dtype=config["model"]["dtype"],
         template=config["model"]["template"],
+        distributed=config["distributed"],
         work=lambda wc: R(f"train/sft/work-{wc.step}"),
         metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
     script:

@@ -8,6 +8,8 @@ checkpoint peak_ood:
         R("eval/peak-ood.json"),
     log:
         R("logs/tables/peak-ood.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("tables"),
     script:
@@ -21,6 +23,8 @@ rule svd:
         R("svd/{model}.safetensors"),
     log:
         R("logs/svd/{model}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("svd"),
@@ -39,6 +43,8 @@ rule spectrum:
         index=R("spectrum/{a}--{b}.index.parquet"),
     log:
         R("logs/spectrum/{a}--{b}.log"),
+    conda:
+        "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("spectrum"),
@@ -58,6 +64,8 @@ rule table_spectrum:
         md=R("tables/spectrum.md"),
     log:
         R("logs/tables/spectrum.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("tables"),
     script:

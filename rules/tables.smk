@@ -11,7 +11,49 @@ rule table_sft_trajectory:
         md=R("tables/sft-trajectory.md"),
     log:
         R("logs/tables/sft-trajectory.log"),
+    conda:
+        "../envs/analysis.yaml"
     resources:
         **res("tables"),
     script:
         "../scripts/table_sft_trajectory.py"
+
+
+# --- the stage table (PAPER.md §5.1) ----------------------------------------------------------
+
+
+rule table_stages:
+    input:
+        unpack(stage_inputs),
+    output:
+        csv=R("tables/stages.csv"),
+        md=R("tables/stages.md"),
+    log:
+        R("logs/tables/stages.log"),
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        **res("tables"),
+    params:
+        moderate=moderate_model(),
+        rl=moderate_rl_model() if moderate_model() else None,
+    script:
+        "../scripts/table_stages.py"
+
+
+# --- per-index spectra for the plots ----------------------------------------------------------
+
+
+rule table_spectrum_profile:
+    input:
+        lambda wc: [R(f"spectrum/{a}--{b}.index.parquet") for a, b in profile_pairs()],
+    output:
+        R("tables/spectrum-profile.csv"),
+    log:
+        R("logs/tables/spectrum-profile.log"),
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        **res("tables"),
+    script:
+        "../scripts/table_spectrum_profile.py"

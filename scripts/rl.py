@@ -1,27 +1,34 @@
-"""Rule rl: PPO (the study's algorithm) or GRPO from one SFT checkpoint (see sftrl.ppo)."""
+"""Rule rl: PPO (the study's algorithm) or GRPO from one SFT checkpoint (see sftrl.ppo).
 
-import polars as pl
+A job given several GPUs runs on one process per GPU through `accelerate launch` (sftrl.launch).
+"""
 
+from sftrl import launch
 from sftrl.logs import job_log
-from sftrl.ppo import PPOConfig, train_ppo
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
+gpus = getattr(sm.resources, "gpu", 0)
 with job_log(sm.log[0], sm.threads):
-    cfg = PPOConfig.from_dict({k: v for k, v in p.rl.items() if k not in ("algorithm", "num_generations")})
-    common = dict(
-        model_dir=sm.input.model,
-        rl_hands=pl.read_parquet(sm.input.data),
+    spec = dict(
+        rl=p.rl,
+        model=sm.input.model,
+        data=sm.input.data,
         template=p.template,
-        cfg=cfg,
-        out_dir=sm.output[0],
+        out=sm.output[0],
         work_dir=p.work,
-        metrics_path=p.metrics,
+        metrics=p.metrics,
         dtype=p.dtype,
+        threads=max(1, sm.threads // max(1, gpus)),  # per process
     )
-    if p.rl["algorithm"] == "grpo":
-        from sftrl.grpo import train_grpo
-
-        print(train_grpo(num_generations=p.rl.get("num_generations", 8), **common))
-    else:
-        print(train_ppo(**common))
+    deepspeed = p.distributed["deepspeed"]["rl"]
+    result = launch.run(
+        "rl",
+        spec,
+        processes=gpus,
+        deepspeed=deepspeed,
+        launcher=p.distributed["launcher"],
+        spec_dir=p.work,
+    )
+    if result is not None:
+        print(result)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -30,7 +31,7 @@ def reduced_config(study: str = "test") -> dict:
     cfg["model"]["tiny"].update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
     cfg["data"].update(sft_size=640, rl_size=64, eval_size=24, pretrain_size=640)
     cfg["base"].update(steps=20, batch_size=32, warmup_steps=2)
-    cfg["sft"].update(checkpoints=[4, 8], max_steps=8, batch_size=32, per_device_batch_size=32)
+    cfg["sft"].update(checkpoints=[4, 8], max_steps=12, batch_size=32, per_device_batch_size=32)
     cfg["eval"].update(batch_size=64)
     cfg["rl"].update(num_updates=2, episodes_per_update=8, minibatch_size=8, micro_batch_size=8, rollout_batch_size=8, save_every=1)
     cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=["0", "0-1"])
@@ -57,8 +58,10 @@ def save_tiny_llama(path: Path, seed, vocab_size=40, max_shard_size=None) -> Pat
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile in ``workdir`` (which holds its own config.yaml)."""
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, configfile: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in ``workdir`` (with its own config.yaml unless given)."""
     cmd = [
         sys.executable,
         "-m",
@@ -68,7 +71,7 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
         "--directory",
         str(workdir),
         "--configfile",
-        str(workdir / "config.yaml"),
+        str(configfile or workdir / "config.yaml"),
         "--workflow-profile",
         "none",
         *args,
@@ -85,3 +88,13 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def reduced_study(tmp_path_factory) -> Path:
+    """A completed run of the reduced study (every stage), shared by the tests that only read it
+    or dry-run against it. Returns the working directory (results under results/test/)."""
+    workdir = tmp_path_factory.mktemp("reduced-study")
+    write_config(workdir, reduced_config())
+    run_snakemake(workdir, "--cores", "2")
+    return workdir

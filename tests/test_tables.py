@@ -87,10 +87,10 @@ def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("uvmerge-sft-50-into-sft-800-top0.2", dict(method="uv-merge", donor="sft-50", target="sft-800", top=0.2, bottom=0.0)),
-        ("sigmaswap-base-into-sft-8-top0-bottom0.2", dict(method="sigma-swap", donor="base", top=0.0, bottom=0.2)),
-        ("layerreset-sft-50-into-sft-800-layers0-1", dict(method="layer-reset", layers="0-1", top=None)),
-        ("uvmerge-sft-800-into-ppo-800-top1", dict(donor="sft-800", target="ppo-800", top=1.0)),
+        ("uvmerge-sft-50-into-sft-800-top0.2", {"method": "uv-merge", "donor": "sft-50", "target": "sft-800", "top": 0.2, "bottom": 0.0}),
+        ("sigmaswap-base-into-sft-8-top0-bottom0.2", {"method": "sigma-swap", "donor": "base", "top": 0.0, "bottom": 0.2}),
+        ("layerreset-sft-50-into-sft-800-layers0-1", {"method": "layer-reset", "layers": "0-1", "top": None}),
+        ("uvmerge-sft-800-into-ppo-800-top1", {"donor": "sft-800", "target": "ppo-800", "top": 1.0}),
     ],
 )
 def test_parse_edit_name(name, expected):
@@ -144,9 +144,9 @@ def test_spectrum_summary_groups_by_type_and_band(tmp_path):
     for layer in (0, 1):
         for t in ("v", "q"):
             for band, d in (("tail", 3.0), ("head", 1.0), ("bulk", 2.0)):
-                rows.append(dict(matrix=f"model.layers.{layer}.self_attn.{t}_proj.weight", layer=layer, type=t,
-                                 band=band, mean_rel_dsigma=d * 1e-3 * (layer + 1), mean_angle_u=d * 10.0,
-                                 mean_angle_v=d * 20.0))
+                rows.append({"matrix": f"model.layers.{layer}.self_attn.{t}_proj.weight", "layer": layer, "type": t,
+                                 "band": band, "mean_rel_dsigma": d * 1e-3 * (layer + 1), "mean_angle_u": d * 10.0,
+                                 "mean_angle_v": d * 20.0})
     path = tmp_path / "base--sft-8.parquet"
     pl.DataFrame(rows).write_parquet(path)
     df = tables.spectrum_summary([path])
@@ -155,3 +155,152 @@ def test_spectrum_summary_groups_by_type_and_band(tmp_path):
     assert df["matrices"].to_list() == [2] * 6
     assert df["mean_rel_dsigma"][0] == pytest.approx(1.5e-3)  # mean of 1e-3 and 2e-3
     assert df["a"][0] == "base" and df["b"][0] == "sft-8"
+
+
+# --- stage table -------------------------------------------------------------------------------
+
+
+def _stage_paths(tmp_path):
+    specs = [
+        ("sft-50", 0.50, 0.40),  # premax
+        ("sft-400", 0.90, 0.10),  # moderate
+        ("ppo-400", 0.92, 0.25),  # RL
+        ("sft-100", 0.70, 0.30),  # not a stage: ignored
+    ]
+    return [p for m, i, o in specs for p in (_summary(tmp_path, m, "ood", o), _summary(tmp_path, m, "id", i))]
+
+
+def test_stage_table_rows_columns_and_recovery(tmp_path):
+    df = tables.stage_table(tables.read_summaries(_stage_paths(tmp_path)), premax="sft-50", moderate="sft-400", rl="ppo-400")
+    assert df["stage"].to_list() == ["Premax", "Moderate", "RL"]  # the study's order, not alphabetical
+    assert df["model"].to_list() == ["sft-50", "sft-400", "ppo-400"]
+    assert df.columns[:3] == ["stage", "model", "description"]
+    assert {"id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"} <= set(df.columns)
+    # OOD: (0.25 - 0.10) / (0.40 - 0.10) = 50%; ID: (0.92 - 0.90) / (0.50 - 0.90) = -5%
+    assert df["recovery_ood_pct"].to_list()[:2] == [None, None]
+    assert df["recovery_ood_pct"][2] == pytest.approx(50.0)
+    assert df["recovery_id_pct"][2] == pytest.approx(-5.0)
+    csv, md = tmp_path / "stages.csv", tmp_path / "stages.md"
+    tables.write_table(df, csv, md, tables.STAGES_MARKDOWN)
+    lines = md.read_text().splitlines()
+    assert lines[0] == "| stage | model | ID acc % [95% CI] | OOD acc % [95% CI] | OOD recovery % | ID recovery % |"
+    assert lines[2] == "| Premax | sft-50 | 50.0 [45.0, 55.0] | 40.0 [35.0, 45.0] | – | – |"
+    assert lines[4] == "| RL | ppo-400 | 92.0 [87.0, 97.0] | 25.0 [20.0, 30.0] | 50.0 | -5.0 |"
+    assert pl.read_csv(csv)["stage"].to_list() == ["Premax", "Moderate", "RL"]
+
+
+def test_stage_table_reproduces_the_papers_llama_row(tmp_path):
+    # PAPER.md §5.1, Llama: Premax OOD 17.52, Moderate 8.97, RL 16.24 -> 85.0% recovery
+    specs = [("sft-140", 0.2479, 0.1752), ("sft-1100", 0.6838, 0.0897), ("ppo-1100", 0.7179, 0.1624)]
+    paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
+    df = tables.stage_table(tables.read_summaries(paths), "sft-140", "sft-1100", "ppo-1100")
+    assert df["recovery_ood_pct"][2] == pytest.approx(85.0, abs=0.05)
+
+
+def test_stage_table_without_a_gap_has_no_recovery(tmp_path):
+    paths = [p for m in ("sft-50", "ppo-50") for p in (_summary(tmp_path, m, "id", 0.5), _summary(tmp_path, m, "ood", 0.3))]
+    df = tables.stage_table(tables.read_summaries(paths), "sft-50", "sft-50", "ppo-50")
+    assert df["recovery_ood_pct"].to_list() == [None, None, None]
+
+
+def test_stage_table_names_the_missing_model(tmp_path):
+    with pytest.raises(ValueError, match="RL model ppo-800"):
+        tables.stage_table(tables.read_summaries(_stage_paths(tmp_path)), "sft-50", "sft-400", "ppo-800")
+
+
+def test_edit_tables_sort_the_reverse_experiment_by_step(tmp_path):
+    specs = [("sft-25", 0.8, 0.3), ("ppo-25", 0.8, 0.2), ("sft-100", 0.9, 0.2), ("ppo-100", 0.9, 0.1),
+             ("uvmerge-sft-100-into-ppo-100-top1", 0.9, 0.15), ("uvmerge-sft-25-into-ppo-25-top1", 0.8, 0.25)]
+    paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
+    spectral, _ = tables.edit_tables(tables.read_summaries(paths))
+    assert spectral["target"].to_list() == ["ppo-25", "ppo-100"]  # numerically, not "ppo-100" < "ppo-25"
+
+
+# --- spectra: pair order and the per-index profile ---------------------------------------------
+
+
+def _index_table(path, n=10, layers=(0, 1), types=("q", "down"), k=2, scale=1.0):
+    rows = []
+    for layer in layers:
+        for t in types:
+            for i in range(n):
+                band = "head" if i < 1 else ("tail" if i >= n - 1 else "bulk")
+                rows.append({
+                    "matrix": f"model.layers.{layer}.{'mlp' if t == 'down' else 'self_attn'}.{t}_proj.weight", "layer": layer,
+                    "type": t, "index": i, "band": band, "sigma_a": 1.0, "sigma_b": 1.0, "rel_dsigma": scale * (-1) ** i * (i + 1) * (layer + 1) * 1e-3,
+                    "angle_u": float(i + layer) if i < k else None, "angle_v": float(2 * i) if i < k else None,
+                })
+    pl.DataFrame(rows).write_parquet(path)
+    return path
+
+
+def test_spectrum_profile_averages_layers_and_orders_pairs(tmp_path):
+    paths = [
+        _index_table(tmp_path / "sft-8--ppo-8.index.parquet"),
+        _index_table(tmp_path / "sft-4--sft-8.index.parquet"),
+        _index_table(tmp_path / "base--sft-8.index.parquet"),
+    ]
+    df = tables.spectrum_profile(paths)
+    assert df["pair"].unique(maintain_order=True).to_list() == ["base → sft-8", "sft-4 → sft-8", "sft-8 → ppo-8"]
+    one = df.filter(pl.col("pair") == "base → sft-8")
+    assert one["type"].unique(maintain_order=True).to_list() == ["q", "down"]  # MATRIX_TYPES order
+    q = one.filter(pl.col("type") == "q")
+    assert q["index_start"].to_list() == list(range(10)) and q["n"].to_list() == [10] * 10
+    # |Δσ|/σ at index 0: mean over layers of 1e-3 and 2e-3
+    assert q["abs_rel_dsigma"][0] == pytest.approx(1.5e-3)
+    assert q["angle_u"].to_list()[:3] == [0.5, 1.5, None]  # mean over layers; null past the top-k
+    assert q["band"].to_list()[0] == "head" and q["band"].to_list()[-1] == "tail"
+    assert q["rel_start"][3] == pytest.approx(0.3) and q["rel_index"][3] == pytest.approx(0.35)
+    assert q["matrices"].to_list() == [2] * 10
+
+
+def test_spectrum_profile_bins_long_spectra(tmp_path):
+    path = _index_table(tmp_path / "base--sft-8.index.parquet", n=10, types=("q",))
+    df = tables.spectrum_profile([path], max_points=4)
+    assert df["index_start"].to_list() == [0, 3, 5, 8]  # bins index * 4 // 10
+    assert df["index_stop"].to_list() == [3, 5, 8, 10]
+    assert df["rel_stop"][-1] == pytest.approx(1.0)
+    # bin 0 averages |Δσ|/σ of indices 0..2 over both layers: (1+2+3)/3 * 1.5e-3
+    assert df["abs_rel_dsigma"][0] == pytest.approx(3e-3)
+
+
+def test_spectrum_profile_errors_name_the_file(tmp_path):
+    bad = tmp_path / "base-sft-8.index.parquet"
+    _index_table(bad)
+    with pytest.raises(ValueError, match="base-sft-8.index.parquet: expected a spectrum file"):
+        tables.spectrum_profile([bad])
+    thin = tmp_path / "base--sft-8.index.parquet"
+    pl.DataFrame({"matrix": ["m"], "index": [0]}).write_parquet(thin)
+    with pytest.raises(ValueError, match=r"base--sft-8.index.parquet: missing columns \['type'"):
+        tables.spectrum_profile([thin])
+
+
+def test_spectrum_summary_orders_pairs_whatever_the_input_order(tmp_path):
+    paths = []
+    for a, b in (("sft-8", "ppo-8"), ("base", "sft-8"), ("base", "sft-4")):
+        path = tmp_path / f"{a}--{b}.parquet"
+        pl.DataFrame([{"matrix": "model.layers.0.self_attn.q_proj.weight", "layer": 0, "type": "q", "band": "head",
+                           "mean_rel_dsigma": 1e-3, "mean_angle_u": 1.0, "mean_angle_v": 1.0}]).write_parquet(path)
+        paths.append(path)
+    df = tables.spectrum_summary(paths)
+    assert df.select("a", "b").rows() == [("base", "sft-4"), ("base", "sft-8"), ("sft-8", "ppo-8")]
+    assert tables.spectrum_summary(list(reversed(paths))).equals(df)
+
+
+# --- tables in the report ------------------------------------------------------------------------
+
+
+def test_report_table_html_shows_every_cell_and_loads_nothing(tmp_path):
+    md = "| stage | OOD % |\n|---|---|\n| Premax | 18.8 [14.3, 24.3] |\n| RL <b> | – |\n"
+    page = tables.report_table_html(md, "Stage table", caption="Source: x.md")
+    assert "<th>stage</th><th>OOD %</th>" in page
+    assert '<td class="num">18.8 [14.3, 24.3]</td>' in page
+    assert "<td>RL &lt;b&gt;</td>" in page  # escaped
+    assert "<script" not in page and "http" not in page
+
+
+def test_parse_markdown_table_names_the_file_and_line():
+    with pytest.raises(ValueError, match=r"t\.md:4: 1 cells, but the header has 2"):
+        tables.parse_markdown_table("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 |\n", "t.md")
+    with pytest.raises(ValueError, match="t.md: not a Markdown pipe table"):
+        tables.parse_markdown_table("just text\n", "t.md")

@@ -39,11 +39,8 @@ def test_data_rule_writes_the_four_data_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_reduced_study_runs_end_to_end_and_is_reproducible(tmp_path):
-    cfg = reduced_config()
-    write_config(tmp_path / "a", cfg)
-    run_snakemake(tmp_path / "a", "--cores", "2")
-    res = tmp_path / "a" / "results" / "test"
+def test_reduced_study_runs_end_to_end_and_is_reproducible(reduced_study, tmp_path):
+    res = reduced_study / "results" / "test"
     for model in ("base", "sft-4", "sft-8"):
         assert (res / "models" / model / "model.safetensors").is_file()
         for split in ("id", "ood"):
@@ -52,9 +49,12 @@ def test_reduced_study_runs_end_to_end_and_is_reproducible(tmp_path):
     table = (res / "tables" / "sft-trajectory.md").read_text()
     assert "| sft-8 | 8 |" in table
     assert (res / "logs" / "sft" / "sft-8.metrics.jsonl").is_file()
-    # nothing left to do, and the same config elsewhere gives the same table
-    assert "Nothing to be done" in run_snakemake(tmp_path / "a", "-n", "--cores", "1").stdout
-    write_config(tmp_path / "b", cfg)
-    run_snakemake(tmp_path / "b", "--cores", "2")
-    again = tmp_path / "b" / "results" / "test" / "tables" / "sft-trajectory.csv"
-    assert again.read_text() == (res / "tables" / "sft-trajectory.csv").read_text()
+    # nothing left to do, and the same config elsewhere gives the same tables
+    assert "Nothing to be done" in run_snakemake(reduced_study, "-n", "--cores", "1").stdout
+    write_config(tmp_path, reduced_config())
+    run_snakemake(tmp_path, "--cores", "2")
+    tables = sorted(p.name for p in (res / "tables").glob("*.csv"))
+    assert "sft-trajectory.csv" in tables and "uv-merge.csv" in tables
+    for name in tables:
+        again = tmp_path / "results" / "test" / "tables" / name
+        assert again.read_text() == (res / "tables" / name).read_text(), name

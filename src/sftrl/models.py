@@ -160,13 +160,15 @@ def load_model(path: str | os.PathLike, dtype: str = "auto", device: str | torch
     return model
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Save weights (safetensors), config, generation config and tokenizer; atomically."""
+def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    """Save weights (safetensors), config, generation config and tokenizer; atomically.
+
+    ``state_dict`` replaces the model's own (the gathered weights of a sharded multi-GPU run)."""
     out_dir = Path(out_dir)
     if hasattr(model, "merge_and_unload"):  # a peft model: merge LoRA so the checkpoint is plain
-        model = model.merge_and_unload()
+        model, state_dict = model.merge_and_unload(), None  # the merged module holds the weights
     with atomic_path(out_dir, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return out_dir
 

@@ -549,7 +549,11 @@ def train_ppo(
     missing = {"hand_id", "cards", "numbers", "heldout", "prompt"} - set(rl_hands.columns)
     if missing:
         raise ValueError(f"rl_hands lacks columns {sorted(missing)}; build it with sftrl.data.make_rl")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.minibatch_size // cfg.micro_batch_size)
+    # cpu=True on a machine without a GPU: several CPU processes (torchrun) then join over gloo
+    # instead of each training alone.
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.minibatch_size // cfg.micro_batch_size, cpu=not torch.cuda.is_available()
+    )
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.episodes_per_update % world:
         raise ValueError(
@@ -664,6 +668,7 @@ def train_ppo(
             "charts/mean_reward": total["reward"] / n,  # per attempt
             "charts/success_rate": total["solved"] / total["episodes"],  # episodes with a correct attempt
             "charts/mean_turns": n / total["episodes"],
+            "charts/episodes": int(total["episodes"]),  # over all processes
             "charts/learning_rate": lr,
             **{f"losses/{name}": total[name] for name in losses},
             "losses/explained_variance": 1 - var_res / var_ret if var_ret > 0 else float("nan"),

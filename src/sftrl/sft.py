@@ -132,7 +132,7 @@ def _newest_checkpoint(work_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int):
+def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str | None = None):
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
@@ -171,6 +171,7 @@ def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int):
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=False,
+        deepspeed=deepspeed,  # a DeepSpeed JSON config (multi-GPU jobs; see sftrl.launch)
     )
 
 
@@ -186,6 +187,7 @@ def train_segment(
     state_out: str | os.PathLike | None = None,
     metrics_path: str | os.PathLike | None = None,
     chat: bool = False,
+    deepspeed: str | os.PathLike | None = None,
 ) -> dict:
     """Train ``model`` on ``data`` (columns ``prompt``, ``completion``) up to step ``stop_at``.
 
@@ -195,6 +197,10 @@ def train_segment(
     to ``state_out``; both atomically. ``chat`` renders prompt and answer as a user and an
     assistant turn through the tokenizer's chat template (the paper template). Returns the
     trainer's final log entry.
+
+    Under a multi-process launch (``sftrl.launch``) every process calls this; the batch is split
+    over them, the weights are gathered (DeepSpeed ZeRO-3 shards them) and only the main process
+    writes the outputs.
     """
     from trl import SFTTrainer
 
@@ -216,7 +222,7 @@ def train_segment(
         callbacks.append(_MetricsFile(Path(metrics_path)))
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(hp, work_dir, stop_at),
+        args=_sft_config(hp, work_dir, stop_at, str(deepspeed) if deepspeed else None),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
@@ -226,13 +232,17 @@ def train_segment(
     if step != stop_at:
         raise RuntimeError(f"training stopped at step {step}, expected {stop_at}")
 
-    if state_out is not None:
-        final = work_dir / f"checkpoint-{stop_at}"
-        if not final.is_dir():
-            raise RuntimeError(f"no training state was written at step {stop_at} in {work_dir}")
-        with atomic_path(state_out, directory=True) as tmp:
-            shutil.copytree(final, tmp, dirs_exist_ok=True)
-    save_model(trainer.model, tokenizer, model_out)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # Collective on every process (ZeRO-3 gathers the shards); None = the model's own state dict.
+    accelerator = trainer.accelerator
+    state_dict = accelerator.get_state_dict(trainer.model) if accelerator.num_processes > 1 else None
+    if trainer.is_world_process_zero():
+        if state_out is not None:
+            final = work_dir / f"checkpoint-{stop_at}"
+            if not final.is_dir():
+                raise RuntimeError(f"no training state was written at step {stop_at} in {work_dir}")
+            with atomic_path(state_out, directory=True) as tmp:
+                shutil.copytree(final, tmp, dirs_exist_ok=True)
+        save_model(accelerator.unwrap_model(trainer.model), tokenizer, model_out, state_dict=state_dict)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return trainer.state.log_history[-1] if trainer.state.log_history else {}
-

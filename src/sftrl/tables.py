@@ -6,6 +6,7 @@ Row order is always explicit (sorted), so the same results give byte-identical t
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -65,7 +66,7 @@ def sft_trajectory(summaries: pl.DataFrame) -> pl.DataFrame:
 
 
 def _fmt(value, kind: str) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "pct":
         return f"{100 * value:.1f}"
@@ -85,7 +86,7 @@ def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str,
     percentage), ``ci`` (``column`` is a triple: value, low, high → ``41.0 [34.9, 47.4]``) or
     ``raw``.
     """
-    headers = list(columns)
+    headers = [_escape_pipes(h) for h in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in df.iter_rows(named=True):
         cells = []
@@ -97,8 +98,13 @@ def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str,
                 cells.append("–" if v is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]")
             else:
                 cells.append(_fmt(row[col], kind))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_escape_pipes(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _escape_pipes(text: str) -> str:
+    """A literal ``|`` inside a Markdown table cell is written ``\\|`` (e.g. ``mean \\|Δσ\\|/σ``)."""
+    return text.replace("|", "\\|")
 
 
 TRAJECTORY_MARKDOWN = {
@@ -205,7 +211,8 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     ``summaries`` holds the edited models and every donor and target they name; other models
     are ignored. Spectral rows are sorted by method, then the reverse experiment (the donor is an
-    SFT model, the target its RL model) last, then top and bottom; layer resets by layer range.
+    SFT model, the target its RL model) last, then top and bottom, then the target's step
+    (numerically: ppo-25 before ppo-100); layer resets by layer range.
     """
     wide = wide_by_split(summaries)
     acc = {r["model"]: r for r in wide.iter_rows(named=True)}
@@ -237,9 +244,10 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     method_order = pl.col("method").replace_strict(
         {"uv-merge": 0, "sigma-swap": 1, "triplet-swap": 2, "layer-reset": 3}, return_dtype=pl.Int64
     )
+    target_step = pl.col("target").str.extract(r"-(\d+)$", 1).cast(pl.Int64).fill_null(0)
     spectral = (
         df.filter(pl.col("method") != "layer-reset")
-        .sort([pl.col("reverse"), method_order, pl.col("top"), pl.col("bottom"), pl.col("name")])
+        .sort([pl.col("reverse"), method_order, pl.col("top"), pl.col("bottom"), target_step, pl.col("name")])
         .drop("layers")
     )
     first = pl.col("layers").str.extract(r"^(\d+)", 1).cast(pl.Int64)
@@ -273,17 +281,40 @@ LAYER_RESET_MARKDOWN = {
 # --- spectra ----------------------------------------------------------------------------------
 
 
+def split_pair(path: str | os.PathLike, suffix: str) -> tuple[str, str]:
+    """``spectrum/<a>--<b><suffix>`` → (a, b); a clear error naming the file otherwise."""
+    name = Path(path).name
+    a, sep, b = name.removesuffix(suffix).partition("--")
+    if not name.endswith(suffix) or not sep or not a or not b:
+        raise ValueError(f"{path}: expected a spectrum file named <a>--<b>{suffix}")
+    return a, b
+
+
+def _any_step(model: str) -> int:
+    m = re.search(r"-(\d+)$", model)
+    return int(m.group(1)) if m else 0
+
+
+def pair_sort_key(a: str, b: str) -> tuple:
+    """Order of compared pairs: base → SFT, then SFT → SFT, then SFT → RL, then anything else,
+    each by the steps of a and b (numerically)."""
+    kind_a, kind_b = a.split("-")[0], b.split("-")[0]
+    kind = {("base", "sft"): 0, ("sft", "sft"): 1, ("sft", "ppo"): 2}.get((kind_a, kind_b), 3)
+    return (kind, _any_step(a), _any_step(b), a, b)
+
+
 def spectrum_summary(paths: list[str | os.PathLike]) -> pl.DataFrame:
     """Mean |Δσ|/σ and mean principal angle (U and V) by matrix type and band, per compared pair.
 
-    ``paths`` are ``spectrum/<a>--<b>.parquet`` files; rows keep their order (pairs as given),
-    then matrix type (q, k, v, o, gate, up, down) and band (head, bulk, tail).
+    ``paths`` are ``spectrum/<a>--<b>.parquet`` files, in any order; rows are sorted by pair
+    (`pair_sort_key`: base → SFT, SFT → SFT, SFT → RL, each by step), then matrix type (q, k, v,
+    o, gate, up, down) and band (head, bulk, tail).
     """
     from sftrl.spectrum import BANDS, MATRIX_TYPES
 
     frames = []
-    for i, path in enumerate(paths):
-        a, _, b = Path(path).name.removesuffix(".parquet").partition("--")
+    named = sorted(((split_pair(path, ".parquet"), path) for path in paths), key=lambda t: pair_sort_key(*t[0]))
+    for i, ((a, b), path) in enumerate(named):
         frames.append(pl.read_parquet(path).with_columns(pl.lit(i).alias("pair_order"), pl.lit(a).alias("a"), pl.lit(b).alias("b")))
     df = pl.concat(frames, how="diagonal_relaxed")
     type_order = {t: j for j, t in enumerate(MATRIX_TYPES)}
@@ -322,3 +353,192 @@ def write_table(df: pl.DataFrame, csv: str | os.PathLike, md: str | os.PathLike,
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     write_text(df.write_csv(), csv)
     write_text(to_markdown(df, markdown_columns), md)
+
+
+# --- stage table (PAPER.md §5.1) ---------------------------------------------------------------
+
+STAGES = ("Premax", "Moderate", "RL")
+STAGE_DESCRIPTIONS = {
+    "Premax": "SFT checkpoint with the highest OOD accuracy",
+    "Moderate": "later SFT checkpoint that RL starts from",
+    "RL": "PPO from the moderate checkpoint",
+}
+
+
+def stage_table(summaries: pl.DataFrame, premax: str, moderate: str, rl: str) -> pl.DataFrame:
+    """The study's stage table: Premax, Moderate and RL (rows in that order) × ID/OOD accuracy
+    with 95% intervals, and on the RL row the recovery % = (RL − moderate) / (premax − moderate)
+    for OOD and for ID (null on the other rows, and where premax = moderate)."""
+    wide = wide_by_split(summaries)
+    acc = {r["model"]: r for r in wide.iter_rows(named=True)}
+    models = dict(zip(STAGES, (premax, moderate, rl), strict=True))
+    for stage, model in models.items():
+        if model not in acc:
+            raise ValueError(f"stage table: no evaluation summary of the {stage} model {model}")
+    rows = []
+    for stage, model in models.items():
+        row = {"stage": stage, "model": model, "description": STAGE_DESCRIPTIONS[stage]}
+        for split in ("id", "ood"):
+            for c in ("accuracy", "ci_low", "ci_high"):
+                row[f"{split}_{c}"] = acc[model][f"{split}_{c}"]
+        for split in ("id", "ood"):
+            row[f"recovery_{split}_pct"] = (
+                recovery(acc[rl][f"{split}_accuracy"], acc[moderate][f"{split}_accuracy"], acc[premax][f"{split}_accuracy"])
+                if stage == "RL"
+                else None
+            )
+        rows.append(row)
+    schema = {
+        "stage": pl.String, "model": pl.String, "description": pl.String,
+        **{f"{sp}_{c}": pl.Float64 for sp in ("id", "ood") for c in ("accuracy", "ci_low", "ci_high")},
+        **{f"recovery_{sp}_pct": pl.Float64 for sp in ("id", "ood")},
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+STAGES_MARKDOWN = {
+    "stage": ("raw", "stage"),
+    "model": ("raw", "model"),
+    "ID acc % [95% CI]": ("ci", ("id_accuracy", "id_ci_low", "id_ci_high")),
+    "OOD acc % [95% CI]": ("ci", ("ood_accuracy", "ood_ci_low", "ood_ci_high")),
+    "OOD recovery %": ("raw1", "recovery_ood_pct"),
+    "ID recovery %": ("raw1", "recovery_id_pct"),
+}
+
+
+# --- per-index spectrum profile (plot data) ---------------------------------------------------
+
+INDEX_COLUMNS = ("matrix", "type", "index", "band", "rel_dsigma", "angle_u", "angle_v")
+
+
+def spectrum_profile(paths: Iterable[str | os.PathLike], max_points: int = 128) -> pl.DataFrame:
+    """Per-index spectra averaged over layers: one row per pair × matrix type × index bin.
+
+    ``paths`` are ``spectrum/<a>--<b>.index.parquet`` files (`sftrl.spectrum.compare`'s per-index
+    table). For every pair and matrix type, the matrices of all layers are averaged index by index:
+    mean |Δσ|/σ (``abs_rel_dsigma``) and mean principal angles (``angle_u``, ``angle_v``; null past
+    the top-k). Spectra longer than ``max_points`` are averaged over ``max_points`` equal bins of
+    consecutive indices, so plots stay small at paper scale. ``rel_start``/``rel_stop``/``rel_index``
+    place a bin as a fraction of the spectrum (0 = largest σ); ``band`` is the band of its first
+    index. Rows: pairs by `pair_sort_key`, then matrix type, then index.
+    """
+    from sftrl.spectrum import MATRIX_TYPES
+
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}")
+    named = sorted(((split_pair(p, ".index.parquet"), p) for p in paths), key=lambda t: pair_sort_key(*t[0]))
+    if not named:
+        raise ValueError("spectrum_profile needs at least one spectrum/<a>--<b>.index.parquet file")
+    frames = []
+    for order, ((a, b), path) in enumerate(named):
+        df = pl.read_parquet(path)
+        missing = [c for c in INDEX_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (expected a per-index spectrum table)")
+        n = pl.len().over("matrix")
+        bins = pl.min_horizontal(n, pl.lit(max_points))
+        df = df.with_columns(
+            n.alias("n"),
+            (pl.col("index").cast(pl.Int64) * bins // n).alias("bin"),
+            (pl.col("index").cast(pl.Float64) / n).alias("_rel0"),
+            ((pl.col("index").cast(pl.Float64) + 1) / n).alias("_rel1"),
+        )
+        agg = (
+            df.sort("matrix", "index")
+            .group_by("type", "bin")
+            .agg(
+                pl.col("matrix").n_unique().alias("matrices"),
+                pl.col("n").max(),
+                pl.col("index").min().alias("index_start"),
+                (pl.col("index").max() + 1).alias("index_stop"),
+                pl.col("_rel0").min().alias("rel_start"),
+                pl.col("_rel1").max().alias("rel_stop"),
+                pl.col("band").first(),
+                pl.col("rel_dsigma").abs().mean().alias("abs_rel_dsigma"),
+                pl.col("angle_u").mean(),
+                pl.col("angle_v").mean(),
+            )
+            .with_columns(
+                pl.lit(order).alias("_pair"),
+                pl.lit(a).alias("a"),
+                pl.lit(b).alias("b"),
+                pl.lit(f"{a} → {b}").alias("pair"),
+                ((pl.col("rel_start") + pl.col("rel_stop")) / 2).alias("rel_index"),
+            )
+        )
+        frames.append(agg)
+    type_order = {t: j for j, t in enumerate(MATRIX_TYPES)}
+    out = pl.concat(frames).with_columns(
+        pl.col("type").replace_strict(type_order, default=len(type_order), return_dtype=pl.Int64).alias("_t")
+    )
+    out = out.sort("_pair", "_t", "type", "bin").with_columns(
+        pl.col("index_start", "index_stop", "n", "matrices").cast(pl.Int64),
+        pl.col(pl.Float64).fill_nan(None),
+    )
+    return out.select(
+        "a", "b", "pair", "type", "bin", "index_start", "index_stop", "n", "rel_start", "rel_stop", "rel_index",
+        "band", "matrices", "abs_rel_dsigma", "angle_u", "angle_v",
+    )
+
+
+def write_csv(df: pl.DataFrame, csv: str | os.PathLike) -> None:
+    """A CSV of every column, atomically."""
+    Path(csv).parent.mkdir(parents=True, exist_ok=True)
+    write_text(df.write_csv(), csv)
+
+
+# --- tables for the Snakemake report -----------------------------------------------------------
+
+
+def parse_markdown_table(text: str, source: str | os.PathLike = "<text>") -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of a pipe table as `to_markdown` writes it; ValueError naming ``source``."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or not lines[0].startswith("|") or not set(lines[1]) <= set("|-: "):
+        raise ValueError(f"{source}: not a Markdown pipe table (header line, then a |---| line)")
+
+    def cells(line: str, lineno: int) -> list[str]:
+        if not (line.startswith("|") and line.endswith("|")):
+            raise ValueError(f"{source}:{lineno}: a table row must start and end with '|': {line!r}")
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+    headers = cells(lines[0], 1)
+    rows = []
+    for i, line in enumerate(lines[2:], start=3):
+        row = cells(line, i)
+        if len(row) != len(headers):
+            raise ValueError(f"{source}:{i}: {len(row)} cells, but the header has {len(headers)}")
+        rows.append(row)
+    return headers, rows
+
+
+REPORT_TABLE_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1rem; color: #1f2937; }
+h1 { font-size: 1.1rem; margin: 0 0 .3rem 0; }
+p.caption { margin: 0 0 .8rem 0; color: #4b5563; font-size: .9rem; }
+table { border-collapse: collapse; font-size: .85rem; }
+th, td { border: 1px solid #d1d5db; padding: .25rem .6rem; white-space: nowrap; }
+th { background: #f3f4f6; text-align: left; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #f9fafb; }
+"""
+
+
+def report_table_html(markdown: str, title: str, caption: str = "", source: str | os.PathLike = "<text>") -> str:
+    """A self-contained HTML page (no scripts, no external resources) showing a Markdown table:
+    what the Snakemake report displays for each result table."""
+    import html
+
+    headers, rows = parse_markdown_table(markdown, source)
+    numeric = re.compile(r"^[–\-+0-9.,\[\] e]+$")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "\n".join(
+        "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' if numeric.match(c) else f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{REPORT_TABLE_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{cap}\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
+        "</body>\n</html>\n"
+    )

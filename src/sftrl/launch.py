@@ -1,0 +1,186 @@
+"""Multi-GPU training jobs: one process per GPU, started by ``accelerate launch``.
+
+A rule's script describes its work as a *job spec* (a JSON-able dict of paths and settings) and
+hands it to :func:`run`. With one GPU (or none) the work runs in the script's own process. With
+``n > 1`` GPUs (the job's ``resources.<group>.gpu``), the spec is written next to the job's work
+directory and the script starts ``n`` copies of ``python -m sftrl.launch <kind> <spec.json>``::
+
+    accelerate launch --multi_gpu --num_processes n --num_machines 1 --main_process_port P \\
+        [--use_deepspeed --deepspeed_config_file ds.json] -m sftrl.launch sft spec.json
+
+Each copy runs the same function (:data:`JOBS`); the trainers (TRL's ``SFTTrainer`` and
+:func:`sftrl.ppo.train_ppo`, both on accelerate) split the batch over the processes and only the
+main process writes outputs. The script waits for the launcher and fails with it.
+
+``distributed.launcher: torchrun`` starts the processes with ``torchrun`` instead (no accelerate
+config, no DeepSpeed): that is how the tests run two real processes on a CPU with gloo, since
+``accelerate launch --cpu`` starts a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+LAUNCHERS = ("accelerate", "torchrun")
+
+
+class LaunchError(RuntimeError):
+    """A distributed job that could not be started or whose processes failed."""
+
+
+def in_launched_process() -> bool:
+    """True inside a process started by accelerate/torchrun (it sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(
+    kind: str,
+    spec_path: str | os.PathLike,
+    processes: int,
+    deepspeed: str | os.PathLike | None = None,
+    launcher: str = "accelerate",
+    port: int | None = None,
+) -> list[str]:
+    """The command that starts ``processes`` copies of job ``kind`` on this node."""
+    if kind not in JOBS:
+        raise LaunchError(f"unknown job kind {kind!r}; expected one of {', '.join(JOBS)}")
+    if processes < 2:
+        raise LaunchError(f"a launched job needs at least 2 processes, got {processes}")
+    port = port or _free_port()
+    tail = ["-m", "sftrl.launch", kind, str(spec_path)]
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        cmd += ["--num_processes", str(processes), "--num_machines", "1", "--main_process_port", str(port)]
+        if deepspeed:
+            if not Path(deepspeed).is_file():
+                raise LaunchError(f"distributed.deepspeed.{kind}: {deepspeed} is not a file (a DeepSpeed JSON config)")
+            cmd += ["--use_deepspeed", "--deepspeed_config_file", str(deepspeed)]
+        else:
+            cmd += ["--multi_gpu"]
+        return cmd + tail
+    if launcher == "torchrun":
+        if deepspeed:
+            raise LaunchError("distributed.launcher: torchrun runs plain DDP; DeepSpeed needs launcher: accelerate")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        return cmd + ["--master_addr", "127.0.0.1", "--master_port", str(port)] + tail
+    raise LaunchError(f"distributed.launcher: expected one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+
+
+def run(
+    kind: str,
+    spec: dict,
+    processes: int = 1,
+    deepspeed: str | os.PathLike | None = None,
+    launcher: str = "accelerate",
+    spec_dir: str | os.PathLike | None = None,
+):
+    """Run job ``kind`` with ``spec`` here (``processes <= 1``) or on ``processes`` processes.
+
+    The launched processes inherit this process's stdout/stderr (the job log). Returns the job
+    function's result when run in-process, else None.
+    """
+    if processes <= 1 or in_launched_process():
+        return JOBS[kind](spec)
+    spec_dir = Path(spec_dir or ".")
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = spec_dir / f"{kind}-spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    cmd = launch_command(kind, spec_path, processes, deepspeed, launcher)
+    print("launching:", " ".join(cmd), flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    proc = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
+    if proc.returncode != 0:
+        raise LaunchError(f"{launcher} launch of {processes} {kind} processes failed with exit code {proc.returncode}")
+    spec_path.unlink(missing_ok=True)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The jobs: what one process of a (possibly launched) training job does
+# --------------------------------------------------------------------------------------------
+
+
+def sft_job(spec: dict):
+    """One SFT segment from a job spec (see scripts/sft.py for its keys)."""
+    import polars as pl
+
+    from sftrl.models import load_model, load_tokenizer
+    from sftrl.sft import TrainSettings, train_segment
+
+    hp = TrainSettings.from_config(spec["hp"], max_length=spec.get("max_length"))
+    model = load_model(spec["model"], dtype=spec.get("dtype", "auto"))
+    tokenizer = load_tokenizer(spec["model"])
+    return train_segment(
+        model,
+        tokenizer,
+        pl.read_parquet(spec["data"]),
+        hp,
+        stop_at=spec["stop_at"],
+        model_out=spec["model_out"],
+        work_dir=spec["work_dir"],
+        resume_from=spec.get("resume_from"),
+        state_out=spec.get("state_out"),
+        metrics_path=spec.get("metrics"),
+        chat=spec.get("chat", False),
+        deepspeed=spec.get("deepspeed"),
+    )
+
+
+def rl_job(spec: dict):
+    """One RL run (PPO, or GRPO) from a job spec; see scripts/rl.py."""
+    import polars as pl
+
+    from sftrl.ppo import PPOConfig, train_ppo
+
+    rl = spec["rl"]
+    common = dict(
+        model_dir=spec["model"],
+        rl_hands=pl.read_parquet(spec["data"]),
+        template=spec["template"],
+        cfg=PPOConfig.from_dict({k: v for k, v in rl.items() if k not in ("algorithm", "num_generations")}),
+        out_dir=spec["out"],
+        work_dir=spec["work_dir"],
+        metrics_path=spec.get("metrics"),
+        dtype=spec.get("dtype", "auto"),
+    )
+    if rl["algorithm"] == "grpo":
+        from sftrl.grpo import train_grpo
+
+        return train_grpo(num_generations=rl.get("num_generations", 8), **common)
+    return train_ppo(**common)
+
+
+JOBS: dict[str, Callable[[dict], object]] = {"sft": sft_job, "rl": rl_job}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in JOBS:
+        print(f"usage: python -m sftrl.launch {{{','.join(JOBS)}}} SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[1]).read_text())
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    result = JOBS[argv[0]](spec)
+    if result is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Software environments (envs/*.yaml, for `snakemake --sdm conda`): every rule that runs code
+names one, and their packages agree with pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from conftest import ROOT
+
+ENVS = ROOT / "envs"
+# pyproject dependencies that only the Snakemake process itself needs (the driver: it validates
+# the config and submits jobs); no rule imports them, which test_driver_only_packages checks.
+DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
+# Build tools the post-deploy script needs for `pip install --no-build-isolation -e`.
+BUILD = {"pip", "setuptools", "wheel"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pyproject() -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def project_requirements() -> dict[str, Requirement]:
+    # the runtime dependencies and the GPU-only extra (DeepSpeed, in the training env)
+    reqs = [Requirement(r) for r in pyproject()["dependencies"] + pyproject()["optional-dependencies"]["deepspeed"]]
+    return {canonical(r.name): r for r in reqs}
+
+
+def conda_spec(spec: str) -> tuple[str, SpecifierSet]:
+    """`python >=3.11,<3.14` -> ("python", SpecifierSet(">=3.11,<3.14"))."""
+    name, _, version = spec.strip().partition(" ")
+    return canonical(name), SpecifierSet(version.replace(" ", ""))
+
+
+def read_env(name: str) -> tuple[dict[str, SpecifierSet], dict[str, Requirement]]:
+    """(conda packages, pip requirements) of envs/<name>.yaml."""
+    env = yaml.safe_load((ENVS / f"{name}.yaml").read_text())
+    assert env["channels"][0] == "conda-forge", f"envs/{name}.yaml: conda-forge first"
+    conda, pip = {}, {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            assert set(dep) == {"pip"}, f"envs/{name}.yaml: unexpected {dep}"
+            for line in dep["pip"]:
+                req = Requirement(line)
+                pip[canonical(req.name)] = req
+        else:
+            name_, spec = conda_spec(dep)
+            conda[name_] = spec
+    return conda, pip
+
+
+def env_names() -> list[str]:
+    return sorted(p.stem for p in ENVS.glob("*.yaml"))
+
+
+def rule_blocks() -> dict[str, str]:
+    """Every rule and checkpoint of the workflow (Snakefile and rules/*.smk): name -> its text."""
+    blocks = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        starts = list(re.finditer(r"(?m)^(?:rule|checkpoint) (\w+):\n", text))
+        for i, m in enumerate(starts):
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+            # a block ends where the next unindented line starts
+            body = re.split(r"(?m)^(?=\S)", text[m.end() : end])[0]
+            blocks[m.group(1)] = (path, body)
+    return blocks
+
+
+def directive(body: str, name: str) -> str | None:
+    """The quoted value of `name:` on the next line (snakefmt layout), e.g. script: "../x.py"."""
+    m = re.search(rf'(?m)^    {name}:\n\s+"([^"]+)"', body)
+    return m.group(1) if m else None
+
+
+def test_every_rule_is_parsed():
+    """The text parser above sees the same rules as Snakemake does."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--list-rules",
+         "--workflow-profile", "none"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listed = set(proc.stdout.split())
+    assert listed == set(rule_blocks()), f"snakemake --list-rules: {sorted(listed)}"
+
+
+def test_every_rule_that_runs_code_has_an_existing_conda_env():
+    missing, broken = [], []
+    for rule, (path, body) in rule_blocks().items():
+        if not re.search(r"(?m)^    (script|shell|run|notebook|wrapper):", body):
+            continue  # an aggregate target: nothing runs
+        env = directive(body, "conda")
+        if env is None:
+            missing.append(f"{rule} ({path.name})")
+        elif not (path.parent / env).resolve().is_file() or (path.parent / env).resolve().parent != ENVS:
+            broken.append(f"{rule}: {env}")
+    assert not missing, f"rules without a conda: directive: {missing}"
+    assert not broken, f"conda: directives not naming a file in envs/: {broken}"
+
+
+def test_env_files_and_post_deploy_scripts():
+    assert env_names() == ["analysis", "plotting", "training"]
+    requires_python = SpecifierSet(pyproject()["requires-python"])
+    for name in env_names():
+        conda, pip = read_env(name)
+        assert BUILD <= set(conda), f"envs/{name}.yaml needs {BUILD - set(conda)}"
+        # the same lower bound of Python as pyproject, and nothing below it allowed
+        lower = {s.version for s in conda["python"] if s.operator == ">="}
+        assert lower == {s.version for s in requires_python if s.operator == ">="}, name
+        assert "sftrl" not in pip, f"envs/{name}.yaml: sftrl is installed by the post-deploy script"
+        script = ENVS / f"{name}.post-deploy.sh"
+        assert script.is_file(), f"{script} missing: sftrl would not be importable in the env"
+        text = script.read_text()
+        assert "--no-deps" in text and '"$SFTRL_ROOT"' in text and "--editable" in text
+    assert "SFTRL_ROOT=workflow.basedir" in (ROOT / "rules" / "common.smk").read_text()
+
+
+def test_env_packages_have_the_pyproject_ranges():
+    project = project_requirements()
+    wrong = []
+    for name in env_names():
+        conda, pip = read_env(name)
+        for dist, req in pip.items():
+            if dist not in project:
+                wrong.append(f"envs/{name}.yaml: {dist} is not a dependency in pyproject.toml")
+            elif req.specifier != project[dist].specifier:
+                wrong.append(f"envs/{name}.yaml: {req} but pyproject.toml says {project[dist]}")
+        for dist, spec in conda.items():
+            if dist in project and spec != project[dist].specifier:
+                wrong.append(f"envs/{name}.yaml: {dist} {spec} but pyproject.toml says {project[dist]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_pyproject_dependency_is_in_an_env_or_driver_only():
+    in_envs = set()
+    for name in env_names():
+        conda, pip = read_env(name)
+        in_envs |= set(conda) | set(pip)
+    left = set(project_requirements()) - in_envs - DRIVER_ONLY
+    assert not left, f"pyproject dependencies in no envs/*.yaml: {sorted(left)}"
+
+
+def script_imports(script: Path) -> list[str]:
+    """Modules a rule script imports at its top level (`from sftrl import data` -> sftrl.data)."""
+    mods = []
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Import):
+            mods += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            mods.append(node.module)
+            mods += [f"{node.module}.{a.name}" for a in node.names]
+    return mods
+
+
+IMPORTED_DISTRIBUTIONS = """
+import importlib, importlib.metadata as md, json, sys
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:  # `from pkg import function` tried as a module: fine; others are not
+            raise
+dists = md.packages_distributions()
+print(json.dumps(sorted({d for m in set(sys.modules) - before for d in dists.get(m.split(".")[0], [])})))
+"""
+
+
+def imported_distributions(modules: list[str]) -> set[str]:
+    """The installed distributions that importing ``modules`` loads (in a fresh interpreter)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTED_DISTRIBUTIONS, *modules], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {canonical(d) for d in json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+@pytest.fixture(scope="module")
+def env_imports() -> dict[str, set[str]]:
+    """Per env: the pyproject dependencies that its rules' scripts load when they start."""
+    project = set(project_requirements())
+    modules: dict[str, set[str]] = {}
+    for rule, (path, body) in rule_blocks().items():
+        env, script = directive(body, "conda"), directive(body, "script")
+        if env and script:
+            mods = script_imports((path.parent / script).resolve())
+            modules.setdefault(Path(env).stem, set()).update(mods)
+    return {env: imported_distributions(sorted(mods)) & project for env, mods in modules.items()}
+
+
+def test_every_env_holds_what_its_rules_import(env_imports):
+    assert {"training", "analysis"} <= set(env_imports), sorted(env_imports)
+    assert "torch" in env_imports["training"]  # the check sees through sftrl to its imports
+    for env, needed in env_imports.items():
+        conda, pip = read_env(env)
+        missing = needed - set(conda) - set(pip)
+        assert not missing, f"rules with envs/{env}.yaml import {sorted(missing)}, which it lacks"
+
+
+def test_driver_only_packages_are_not_imported_by_rules(env_imports):
+    imported = set().union(*env_imports.values())
+    assert not imported & DRIVER_ONLY, f"rules import {sorted(imported & DRIVER_ONLY)}: add to their env"

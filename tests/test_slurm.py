@@ -1,0 +1,245 @@
+"""The SLURM profile (profiles/slurm): the jobs a paper config plans and what each asks for
+(dry-runs, no SLURM needed), and a reduced study run by a real SLURM controller started here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, reduced_config, run_snakemake, write_config
+from test_envs import rule_blocks
+
+PROFILE = ROOT / "profiles" / "slurm"
+HELPERS = ROOT / "tests" / "slurm"
+PAPER_CONFIGS = sorted((ROOT / "config").glob("paper-*.yaml"))
+# Resource groups that hold a GPU in the paper configs; data and tables never do.
+GPU_GROUPS = {"base", "sft", "rl", "evaluate", "svd", "spectrum", "edit"}
+CPU_GROUPS = {"data", "tables"}
+
+
+def rule_groups() -> dict[str, str]:
+    """rule -> its resource group (`**res("<group>")` in the rule)."""
+    groups = {}
+    for rule, (_, body) in rule_blocks().items():
+        m = re.search(r'\*\*res\("(\w+)"\)', body)
+        if m:
+            groups[rule] = m.group(1)
+    return groups
+
+
+def action_less_rules() -> set[str]:
+    return {
+        rule
+        for rule, (_, body) in rule_blocks().items()
+        if not re.search(r"(?m)^    (script|shell|run|notebook|wrapper):", body)
+    }
+
+
+def expected_resources(cfg: dict, group: str) -> dict:
+    """What res(group) in rules/common.smk gives for the merged config ``cfg``."""
+    merged = {**cfg["resources"]["default"], **cfg["resources"].get(group, {})}
+    if merged.get("gpu") and "cpus_per_gpu" in merged:
+        merged.pop("cpus_per_task", None)
+    elif not merged.get("gpu"):
+        merged.pop("cpus_per_gpu", None)
+    return merged
+
+
+def merged_config(path: Path) -> dict:
+    """config.yaml updated by ``path`` recursively, as `--configfile path` does."""
+
+    def update(a, b):
+        for k, v in b.items():
+            a[k] = update(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    with open(ROOT / "config.yaml") as fh:
+        base = yaml.safe_load(fh)
+    with open(path) as fh:
+        return update(base, yaml.safe_load(fh))
+
+
+def planned_jobs(out: str) -> list[tuple[str, dict]]:
+    """(rule, resources) of every job a dry-run prints."""
+    jobs = []
+    for m in re.finditer(r"(?m)^(?:local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)*)", out):
+        res = re.search(r"(?m)^    resources: (.*)$", m.group(2))
+        items = dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}
+        jobs.append((m.group(1), items))
+    return jobs
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """The dry-run's "Job stats" table: rule -> number of jobs."""
+    table = out[out.index("Job stats:") :]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"(?m)^(\w+)\s+(\d+)$", table)}
+
+
+# --- dry-runs of the paper configs through the profile -------------------------------------
+
+
+def test_profile_uses_the_slurm_executor_without_accounting():
+    profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["slurm-status-command"] == "squeue"  # works without an accounting database
+    assert profile["rerun-incomplete"] is True and profile["retries"] >= 1
+    assert profile["slurm-requeue"] is True
+    assert "default-resources" not in profile  # resources come from the study's config
+
+
+def test_aggregate_targets_are_local_rules():
+    """Only rules without an action run in the Snakemake process; they are named in localrules."""
+    local = action_less_rules()
+    assert local and all(r == "all" or r.startswith("all_") for r in local), sorted(local)
+    text = (ROOT / "rules" / "common.smk").read_text()
+    listed = set(re.findall(r"\w+", re.search(r"(?m)^localrules:\n((?:    \w+,\n)+)", text).group(1)))
+    assert listed == local, f"localrules in rules/common.smk: {sorted(listed)}; aggregate rules: {sorted(local)}"
+
+
+@pytest.mark.parametrize("paper", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
+    cfg = merged_config(paper)
+    study = cfg["study"]
+    last = max(cfg["sft"]["checkpoints"])
+    first = min(cfg["sft"]["checkpoints"])
+    # `all` stops at the peak_ood checkpoint; name one SVD, comparison and edit explicitly.
+    extra = [
+        f"results/{study}/svd/sft-{first}.safetensors",
+        f"results/{study}/spectrum/base--sft-{first}.parquet",
+        f"results/{study}/models/uvmerge-sft-{first}-into-sft-{last}-top0.2",
+    ]
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    start = time.perf_counter()
+    proc = run_snakemake(tmp_path, "-n", "--profile", str(PROFILE), "all", *extra, configfile=paper)
+    seconds = time.perf_counter() - start
+    out = proc.stdout + proc.stderr
+    jobs = planned_jobs(out)
+    stats = job_stats(out)
+    print(f"{paper.name}: dry-run of {stats['total']} jobs in {seconds:.1f} s")
+    assert len(jobs) == stats["total"], (len(jobs), stats)
+    groups = rule_groups()
+    seen = set()
+    for rule, res in jobs:
+        if rule in action_less_rules():
+            continue
+        group = groups[rule]
+        seen.add(group)
+        want = expected_resources(cfg, group)
+        got = {k: int(res[k]) for k in ("gpu", "cpus_per_gpu", "cpus_per_task", "mem_mb", "runtime") if k in res}
+        assert got == want, f"{paper.name}: rule {rule} (group {group}) plans {got}, config says {want}"
+        if group in GPU_GROUPS:
+            assert got.get("gpu", 0) >= 1 and "cpus_per_task" not in got, (rule, got)
+        else:
+            assert "gpu" not in got and "cpus_per_gpu" not in got, (rule, got)
+    assert GPU_GROUPS | CPU_GROUPS <= seen, f"groups never planned: {GPU_GROUPS | CPU_GROUPS - seen}"
+    assert stats["sft"] == len(cfg["sft"]["checkpoints"]) and stats["rl"] == len(cfg["rl"]["from"])
+    sft = dict(jobs)["sft"]
+    assert int(sft["gpu"]) == 4 and int(sft["cpus_per_gpu"]) == 8, sft
+
+
+# --- a reduced study on a real SLURM controller --------------------------------------------
+
+
+def _unavailable(reason: str):
+    if os.environ.get("SFTRL_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SLURM test cluster required (SFTRL_REQUIRE_SLURM=1) but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm_cluster(monkeypatch):
+    """A one-node SLURM cluster with one fake GPU (tests/slurm/start.sh), stopped afterwards
+    (tests/slurm/stop.sh, by the daemons' pid files) whatever the test's outcome."""
+    if os.geteuid() != 0:
+        _unavailable("starting slurmd/slurmctld/munged needs root")
+    # /tmp, not pytest's tmp_path: munged wants every directory above its socket searchable.
+    cluster = Path(tempfile.mkdtemp(prefix="sftrl-slurm-", dir="/tmp"))
+    try:
+        start = subprocess.run(
+            ["bash", str(HELPERS / "start.sh"), str(cluster)], capture_output=True, text=True, timeout=900
+        )
+        if start.returncode != 0:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((cluster / "log").glob("*.log")))
+            _unavailable(f"tests/slurm/start.sh failed ({start.returncode}): {start.stderr.strip()}\n{logs}")
+        monkeypatch.setenv("SLURM_CONF", str(cluster / "slurm.conf"))
+        monkeypatch.setenv("PATH", f"{cluster / 'bin'}:{os.environ['PATH']}")
+        yield cluster
+    finally:
+        subprocess.run(["bash", str(HELPERS / "stop.sh"), str(cluster)], timeout=120)
+        for name in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
+            pid = (cluster / name).read_text().strip() if (cluster / name).is_file() else None
+            assert not pid or not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still running"
+        shutil.rmtree(cluster, ignore_errors=True)
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(re.findall(r"([\w/]+)=(\S*)", out))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path):
+    cfg = reduced_config()
+    cfg["sft"].update(checkpoints=[4], max_steps=4)
+    # GPU groups ask for the node's one (fake) GPU, as a paper config asks for real ones.
+    # (their cpus_per_task from config.yaml gives way to cpus_per_gpu: rules/common.smk, res()).
+    for group in GPU_GROUPS:
+        cfg["resources"][group] = {**cfg["resources"].get(group, {}), "gpu": 1, "cpus_per_gpu": 1}
+    write_config(tmp_path, cfg)
+    # Model rules (base, sft, evaluate) with a GPU, data and table rules without, one local target.
+    targets = ["all_data", "results/test/tables/sft-trajectory.md"]
+    planned = job_stats(run_snakemake(tmp_path, "-n", *targets).stdout)
+    args = ["--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2", *targets]
+    proc = run_snakemake(tmp_path, *args, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake --profile profiles/slurm failed:\n{out[-6000:]}"
+
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: [^)]*/rule_(\w+?)/", out)
+    local = {"all_data"}
+    assert set(planned) - {"total"} - local == {rule for _, rule in submitted}, (planned, submitted)
+    groups = rule_groups()
+    for job_id, rule in submitted:
+        info = scontrol_job(job_id)
+        assert info["JobState"] == "COMPLETED", (rule, info)
+        assert info["Comment"].startswith(f"rule_{rule}"), (rule, info["Comment"])
+        want = expected_resources(cfg, groups[rule])
+        gres = info.get("JOB_GRES", "(null)")
+        if groups[rule] in GPU_GROUPS:
+            assert gres == "gpu:1", f"{rule} (SLURM job {job_id}) got GRES {gres}, expected gpu:1"
+            assert info.get("CpusPerTres") == "gres:gpu:1", (rule, info.get("CpusPerTres"))
+        else:
+            assert gres == "(null)", f"{rule} (SLURM job {job_id}) got GRES {gres}"
+            assert "CpusPerTres" not in info and info["CPUs/Task"] == str(want["cpus_per_task"]), (rule, info)
+        assert f"mem={want['mem_mb']}M" in info["TRES"], (rule, info["TRES"])
+        hours, minutes = divmod(want["runtime"], 60)
+        assert info["TimeLimit"] == f"{hours:02d}:{minutes:02d}:00", (rule, info["TimeLimit"])
+    completed = {}
+    for _, rule in submitted:
+        completed[rule] = completed.get(rule, 0) + 1
+    assert all(completed[r] >= n for r, n in planned.items() if r not in local and r != "total")
+
+    # Each job's own log: it ran inside its SLURM job and saw the GPU it was given.
+    ids = {job_id for job_id, _ in submitted}
+    logs = sorted((tmp_path / "results" / "test" / "logs").rglob("*.log"))
+    assert len(logs) == planned["total"] - len(local), [p.name for p in logs]
+    for log in logs:
+        first = log.read_text().splitlines()[0]
+        env = dict(kv.split("=", 1) for kv in first.removeprefix("job: ").split())
+        assert env["SLURM_JOB_ID"] in ids, (log, first)
+        rule = next(r for j, r in submitted if j == env["SLURM_JOB_ID"])
+        want = "0" if groups[rule] in GPU_GROUPS else "-"
+        assert env["CUDA_VISIBLE_DEVICES"] == want, (log, first)
+    assert "localrule all_data:" in out  # the aggregate target ran in Snakemake's own process
+    table = (tmp_path / "results" / "test" / "tables" / "sft-trajectory.md").read_text()
+    assert "| sft-4 | 4 |" in table
