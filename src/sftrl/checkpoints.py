@@ -26,6 +26,17 @@ from safetensors import safe_open
 
 from sftrl.atomic import atomic_path
 
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in a buffer of torch's own allocator (64-byte aligned).
+
+    A tensor read from a safetensors file sits wherever its bytes landed (seen 32 bytes off a
+    64-byte boundary here, and varying between processes). MKL picks kernels by alignment, so
+    matmuls and SVDs of such tensors can differ in the last bits from run to run -- and principal
+    angles near 0° magnify that (arccos) to ~0.004°. A copy puts every read tensor on
+    a 64-byte boundary, so the same inputs give the same bits (tests/test_spectrum.py)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
@@ -150,7 +161,7 @@ class Checkpoint:
         # A fresh handle per tensor: the mapping is closed again, so pages of earlier tensors
         # do not accumulate in the resident set.
         with safe_open(self._file[name], framework="pt") as f:
-            return f.get_tensor(name)
+            return aligned(f.get_tensor(name))
 
     def _check(self, name: str) -> None:
         if name not in self._file:

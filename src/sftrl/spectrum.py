@@ -28,7 +28,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from sftrl.atomic import write_parquet
-from sftrl.checkpoints import Checkpoint, CheckpointError, SafetensorsWriter, natural_key
+from sftrl.checkpoints import Checkpoint, CheckpointError, SafetensorsWriter, aligned, natural_key
 
 MATRIX_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
 BANDS = ("head", "bulk", "tail")
@@ -142,7 +142,7 @@ class SvdFile:
 
     def _read(self, key: str) -> torch.Tensor:
         with safe_open(self.path, framework="pt") as f:
-            return f.get_tensor(key)
+            return aligned(f.get_tensor(key))
 
     def sigma(self, name: str) -> torch.Tensor:
         return self._read(f"{name}.S")
