@@ -67,6 +67,11 @@ def _y_acc(title: str = "accuracy (%)") -> alt.Y:
     return alt.Y("accuracy:Q", title=title, scale=alt.Scale(zero=True))
 
 
+def _y_ci(title: str = "accuracy (%)") -> dict:
+    """The y/y2 encoding of an error bar over the 95% interval."""
+    return {"y": alt.Y("ci_low:Q", title=title), "y2": "ci_high:Q"}
+
+
 def _acc_tooltip(*extra: alt.Tooltip) -> list:
     return [
         *extra,
@@ -103,7 +108,7 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
     is_sft = alt.datum.stage == "SFT checkpoint"
     layers = [
         base.mark_line().encode(y=_y_acc()).transform_filter(is_sft),
-        base.mark_errorbar(ticks=True).encode(y=alt.Y("ci_low:Q", title="accuracy (%)"), y2="ci_high:Q"),
+        base.mark_errorbar(ticks=True).encode(**_y_ci()),
         base.mark_point(filled=True, size=70).encode(y=_y_acc(), shape=shape, tooltip=tooltip),
     ]
     return alt.layer(*layers, data=_values(long)).properties(
@@ -141,7 +146,7 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
     )
     layers = [
         base.mark_line().encode(y=_y_acc("OOD accuracy (%)")),
-        base.mark_errorbar(ticks=True).encode(y=alt.Y("ci_low:Q", title="OOD accuracy (%)"), y2="ci_high:Q"),
+        base.mark_errorbar(ticks=True).encode(**_y_ci("OOD accuracy (%)")),
         base.mark_point(filled=True, size=70).encode(y=_y_acc("OOD accuracy (%)"), tooltip=tooltip),
         rule,
         label,
@@ -166,7 +171,7 @@ def stages(stage_table: pl.DataFrame) -> alt.LayerChart:
     base = alt.Chart().encode(x=x, xOffset=alt.XOffset("split:N", sort=["ID", "OOD"]), color=alt.Color("split:N", scale=SPLIT_COLORS))
     layers = [
         base.mark_bar().encode(y=_y_acc(), tooltip=_acc_tooltip(alt.Tooltip("stage:N"), alt.Tooltip("model:N"))),
-        base.mark_errorbar(thickness=2).encode(y=alt.Y("ci_low:Q", title="accuracy (%)"), y2="ci_high:Q", color=alt.value("black")),
+        base.mark_errorbar(thickness=2).encode(**_y_ci(), color=alt.value("black")),
     ]
     return alt.layer(*layers, data=_values(long)).properties(title="Stage table: Premax, Moderate, RL", width=WIDTH, height=HEIGHT)
 
@@ -318,6 +323,16 @@ def _reference_rules() -> list[alt.Chart]:
     return out
 
 
+def _split_panels(layers: list, long: pl.DataFrame, title: str) -> alt.FacetChart:
+    """An edit chart's layers over ``long``, one panel per split (ID, OOD)."""
+    return (
+        alt.layer(*layers, data=_values(long))
+        .properties(width=FACET_WIDTH + 80, height=FACET_HEIGHT + 40)
+        .facet(column=alt.Column("split:N", title=None, sort=["ID", "OOD"]))
+        .properties(title=title)
+    )
+
+
 def _edit_tooltip(*extra) -> list:
     return _acc_tooltip(*extra, alt.Tooltip("name:N", title="model")) + [alt.Tooltip("recovery_pct:Q", title="recovery %", format=".1f")]
 
@@ -346,18 +361,14 @@ def uv_merge(uv: pl.DataFrame) -> alt.FacetChart:
     layers = [
         *_reference_rules(),
         base.mark_line().encode(y=_y_acc()),
-        base.mark_errorbar(ticks=True).encode(y=alt.Y("ci_low:Q", title="accuracy (%)"), y2="ci_high:Q"),
+        base.mark_errorbar(ticks=True).encode(**_y_ci()),
         base.mark_point(filled=True, size=60).encode(
             y=_y_acc(), tooltip=_edit_tooltip(alt.Tooltip("edit:N"), alt.Tooltip("top:Q"), alt.Tooltip("bottom:Q"))
         ),
     ]
     d, t = fwd["donor"][0], fwd["target"][0]
-    return (
-        alt.layer(*layers, data=_values(long))
-        .properties(width=FACET_WIDTH + 80, height=FACET_HEIGHT + 40)
-        .facet(column=alt.Column("split:N", title=None, sort=["ID", "OOD"]))
-        .properties(title=f"UV merge {d} → {t}: accuracy vs fraction restored (dashed: donor, dotted: target)")
-    )
+    title = f"UV merge {d} → {t}: accuracy vs fraction restored (dashed: donor, dotted: target)"
+    return _split_panels(layers, long, title)
 
 
 def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
@@ -375,16 +386,11 @@ def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
         base.mark_bar(color="#9467bd", opacity=0.85).encode(
             y=_y_acc(), tooltip=_edit_tooltip(alt.Tooltip("group:N"))
         ),
-        base.mark_errorbar(thickness=2, color="black").encode(y=alt.Y("ci_low:Q", title="accuracy (%)"), y2="ci_high:Q"),
+        base.mark_errorbar(thickness=2, color="black").encode(**_y_ci()),
         *_reference_rules(),
     ]
     d, t = layers["donor"][0], layers["target"][0]
-    return (
-        alt.layer(*chart_layers, data=_values(long))
-        .properties(width=FACET_WIDTH + 80, height=FACET_HEIGHT + 40)
-        .facet(column=alt.Column("split:N", title=None, sort=["ID", "OOD"]))
-        .properties(title=f"Layer reset {d} → {t} (dashed: donor, dotted: target)")
-    )
+    return _split_panels(chart_layers, long, f"Layer reset {d} → {t} (dashed: donor, dotted: target)")
 
 
 # --- reading and writing ----------------------------------------------------------------------
