@@ -8,7 +8,6 @@ from sftrl.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
-gpus = getattr(sm.resources, "gpu", 0)
 with job_log(sm.log[0], sm.threads):
     spec = dict(
         rl=p.rl,
@@ -19,16 +18,15 @@ with job_log(sm.log[0], sm.threads):
         work_dir=p.work,
         metrics=p.metrics,
         dtype=p.dtype,
-        threads=max(1, sm.threads // max(1, gpus)),  # per process
     )
-    deepspeed = p.distributed["deepspeed"]["rl"]
     result = launch.run(
         "rl",
         spec,
-        processes=gpus,
-        deepspeed=deepspeed,
+        processes=getattr(sm.resources, "gpu", 0),
+        deepspeed=p.distributed["deepspeed"]["rl"],
         launcher=p.distributed["launcher"],
         spec_dir=p.work,
+        threads=sm.threads,
     )
     if result is not None:
         print(result)

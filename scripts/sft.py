@@ -9,7 +9,6 @@ from sftrl.prompts import get_template
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
-gpus = getattr(sm.resources, "gpu", 0)
 with job_log(sm.log[0], sm.threads):
     spec = dict(
         hp=p.hp,
@@ -25,13 +24,13 @@ with job_log(sm.log[0], sm.threads):
         metrics=p.metrics,
         chat=get_template(p.template).chat,
         deepspeed=p.distributed["deepspeed"]["sft"],
-        threads=max(1, sm.threads // max(1, gpus)),  # per process
     )
     launch.run(
         "sft",
         spec,
-        processes=gpus,
+        processes=getattr(sm.resources, "gpu", 0),
         deepspeed=spec["deepspeed"],
         launcher=p.distributed["launcher"],
         spec_dir=p.work,
+        threads=sm.threads,
     )

@@ -85,14 +85,18 @@ def run(
     deepspeed: str | os.PathLike | None = None,
     launcher: str = "accelerate",
     spec_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ):
     """Run job ``kind`` with ``spec`` here (``processes <= 1``) or on ``processes`` processes.
 
-    The launched processes inherit this process's stdout/stderr (the job log). Returns the job
-    function's result when run in-process, else None.
+    ``threads`` are the job's CPU threads, shared out among the launched processes (in-process,
+    the caller has set them). The launched processes inherit this process's stdout/stderr (the
+    job log). Returns the job function's result when run in-process, else None.
     """
     if processes <= 1 or in_launched_process():
         return JOBS[kind](spec)
+    if threads:
+        spec = {**spec, "threads": max(1, threads // processes)}
     spec_dir = Path(spec_dir or ".")
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec_path = spec_dir / f"{kind}-spec.json"
