@@ -28,14 +28,17 @@ from sftrl.atomic import atomic_path
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in a buffer of torch's own allocator (64-byte aligned).
+    """``t`` on a 64-byte boundary: itself when it is there, else a copy by torch's allocator.
 
     A tensor read from a safetensors file sits wherever its bytes landed (seen 32 bytes off a
     64-byte boundary here, and varying between processes). MKL picks kernels by alignment, so
     matmuls and SVDs of such tensors can differ in the last bits from run to run -- and principal
-    angles near 0° magnify that (arccos) to ~0.004°. A copy puts every read tensor on
-    a 64-byte boundary, so the same inputs give the same bits (tests/test_spectrum.py)."""
+    angles near 0° magnify that (arccos) to ~0.004°. With every read tensor on a
+    64-byte boundary, the same inputs give the same bits (tests/test_spectrum.py)."""
+    if t.data_ptr() % 64 == 0 and t.is_contiguous():
+        return t  # already where a copy would put it: spare the copy (GBs per checkpoint at paper scale)
     return t.clone(memory_format=torch.contiguous_format)
+
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
