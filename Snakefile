@@ -54,6 +54,12 @@ rule all_rl:
         expand(R("models/{model}"), model=rl_models()),
 
 
+# The RL sweep that chose the RL settings (rl_sweep in the config): tables/rl-sweep.md.
+rule rl_sweep:
+    input:
+        R("tables/rl-sweep.md"),
+
+
 rule all_eval:
     input:
         eval_targets(),

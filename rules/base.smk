@@ -16,7 +16,6 @@ rule base:
     params:
         model=config["model"],
         train=config.get("base"),
-        work=R("train/base"),
         metrics=R("logs/base/metrics.jsonl"),
     script:
         "../scripts/base.py"

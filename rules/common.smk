@@ -2,13 +2,19 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from sftrl.config import ConfigError, validate
+from sftrl.config import ConfigError, sweep_variants, validate
 
 try:
-    validate(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    # the files too: a key given twice in one of them is lost in `config`
+    validate(
+        config,
+        Path(workflow.basedir) / "config" / "schema.yaml",
+        files=workflow.configfiles,
+    )
 except ConfigError as err:
     sys.exit(f"sftrl: {err}")
 
@@ -24,6 +30,7 @@ localrules:
     all_data,
     all_sft,
     all_rl,
+    rl_sweep,
     all_eval,
     all_spectra,
     all_edits,
@@ -45,6 +52,7 @@ wildcard_constraints:
     donor=r"base|sft-\d+|ppo-\d+",
     target=r"base|sft-\d+|ppo-\d+",
     method="uvmerge|sigmaswap|tripletswap|layerreset",
+    variant="|".join(map(re.escape, sweep_variants(config))) or "(?!)",
     param=r"top[0-9.]+(-bottom[0-9.]+)?|layers[0-9]+(-[0-9]+)?",
 
 
@@ -67,6 +75,22 @@ def res(group):
     return merged
 
 
+def distributed():
+    """`distributed` with each DeepSpeed config as an absolute path: relative to the working
+    directory, or else to this repository (the shipped config/deepspeed/*.json)."""
+    out = {
+        **config["distributed"],
+        "deepspeed": dict(config["distributed"]["deepspeed"]),
+    }
+    for kind, name in out["deepspeed"].items():
+        if name and not os.path.isabs(name):
+            here = Path(name).resolve()
+            out["deepspeed"][kind] = str(
+                here if here.exists() else Path(workflow.basedir) / name
+            )
+    return out
+
+
 def holdout():
     """(fraction, seed) of the held-out rank multisets, shared by every data set."""
     d = config["data"]
@@ -86,9 +110,24 @@ def rl_models():
     return [f"ppo-{s}" for s in rl_steps()]
 
 
-def rl_hparams():
-    """The RL settings a run depends on (`rl.from` only chooses which runs exist)."""
-    return {k: v for k, v in config["rl"].items() if k != "from"}
+def rl_hparams(wildcards=None):
+    """The RL settings a run depends on (`rl.from` only chooses which runs exist); a sweep
+    variant's overrides (`rl_sweep.variants`, by name) on top."""
+    hp = {k: v for k, v in config["rl"].items() if k != "from"}
+    if wildcards is not None and "variant" in wildcards.keys():
+        hp |= RL_VARIANTS[wildcards.variant]
+    return hp
+
+
+RL_SWEEP = config.get("rl_sweep") or {"from": []}
+RL_VARIANTS = sweep_variants(config)  # name -> overrides of rl:
+
+
+def rl_sweep_models():
+    """The runs of the RL sweep (`snakemake rl_sweep`): ppo-<step>-<variant>, plus the default
+    runs from the same steps (the sweep table's `default` rows)."""
+    runs = [f"ppo-{s}-{v}" for v in RL_VARIANTS for s in sorted(RL_SWEEP["from"])]
+    return [f"ppo-{s}" for s in sorted(RL_SWEEP["from"]) if s in rl_steps()] + runs
 
 
 def trajectory_models():

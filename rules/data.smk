@@ -72,6 +72,8 @@ rule data_pretrain:
         kind="pretrain",
         n=config["data"].get("pretrain_size", 0),
         answer=config["data"]["answer"],
+        feedback_fraction=config["data"].get("pretrain_feedback", 0.0),
+        wrapped_fraction=config["data"].get("pretrain_wrapped", 0.0),
         seed=config["data"]["seed"] + 2,
         template=config["model"]["template"],
         holdout=holdout(),

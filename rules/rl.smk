@@ -6,7 +6,8 @@ rule rl:
         model=R("models/sft-{step}"),
         data=R("data/rl.parquet"),
     output:
-        directory(R("models/ppo-{step}")),
+        model=directory(R("models/ppo-{step}")),
+        metrics=R("logs/ppo-{step}/metrics.jsonl"),
     log:
         R("logs/rl/ppo-{step}.log"),
     conda:
@@ -16,13 +17,50 @@ rule rl:
         **res("rl"),
     params:
         rl=rl_hparams(),
-        distributed=config["distributed"],
+        distributed=distributed(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
         work=lambda wc: R(f"train/ppo-{wc.step}"),
-        metrics=lambda wc: R(f"logs/ppo-{wc.step}/metrics.jsonl"),
     script:
         "../scripts/rl.py"
+
+
+# The RL sweep (`snakemake rl_sweep`, not part of `all`): the same RL from the same checkpoints
+# with other settings (`rl_sweep.variants`), to choose the study's RL settings by measurement.
+use rule rl as rl_variant with:
+    output:
+        model=directory(R("models/ppo-{step}-{variant}")),
+        metrics=R("logs/ppo-{step}-{variant}/metrics.jsonl"),
+    log:
+        R("logs/rl/ppo-{step}-{variant}.log"),
+    params:
+        rl=rl_hparams,
+        distributed=distributed(),
+        template=config["model"]["template"],
+        dtype=config["model"]["dtype"],
+        work=lambda wc: R(f"train/ppo-{wc.step}-{wc.variant}"),
+
+
+rule table_rl_sweep:
+    input:
+        sft=expand(
+            R("eval/sft-{step}/{split}.json"), step=RL_SWEEP["from"], split=SPLITS
+        ),
+        rl=expand(R("eval/{model}/{split}.json"), model=rl_sweep_models(), split=SPLITS),
+        metrics=expand(R("logs/{model}/metrics.jsonl"), model=rl_sweep_models()),
+    output:
+        csv=R("tables/rl-sweep.csv"),
+        md=R("tables/rl-sweep.md"),
+    log:
+        R("logs/tables/rl-sweep.log"),
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        **res("tables"),
+    params:
+        variants=RL_VARIANTS,
+    script:
+        "../scripts/table_rl_sweep.py"
 
 
 rule table_rl_recovery:

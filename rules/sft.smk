@@ -25,7 +25,7 @@ rule sft:
         max_length=config["model"].get("tiny", {}).get("max_position_embeddings"),
         dtype=config["model"]["dtype"],
         template=config["model"]["template"],
-        distributed=config["distributed"],
+        distributed=distributed(),
         work=lambda wc: R(f"train/sft/work-{wc.step}"),
         metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
     script:

@@ -4,7 +4,8 @@ import polars as pl
 
 from sftrl.logs import job_log
 from sftrl.models import build_tiny_model, build_tiny_tokenizer, count_parameters, make_base
-from sftrl.sft import TrainSettings, train_segment
+from sftrl.pretrain import pretrain
+from sftrl.sft import TrainSettings
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
@@ -17,13 +18,4 @@ with job_log(sm.log[0], sm.threads):
         model = build_tiny_model(arch, tokenizer, seed=arch["seed"])
         print(f"tiny model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
         hp = TrainSettings.from_config(p.train, max_length=arch["max_position_embeddings"])
-        train_segment(
-            model,
-            tokenizer,
-            pl.read_parquet(sm.input.data),
-            hp,
-            stop_at=hp.max_steps,
-            model_out=sm.output[0],
-            work_dir=p.work,
-            metrics_path=p.metrics,
-        )
+        pretrain(model, tokenizer, pl.read_parquet(sm.input.data), hp, sm.output[0], metrics_path=p.metrics)

@@ -11,8 +11,11 @@ with job_log(snakemake.log[0]):  # noqa: F821
         df = data.make_eval(p.kind.removeprefix("eval-"), p.n, p.seed, p.template, heldout)
     elif p.kind == "rl":
         df = data.make_rl(p.n, p.seed, p.template, heldout)
+    elif p.kind == "pretrain":
+        df = data.make_pretrain(
+            p.n, p.seed, p.template, heldout, p.answer, p.feedback_fraction, p.wrapped_fraction
+        )
     else:
-        make = {"sft": data.make_sft, "pretrain": data.make_pretrain}[p.kind]
-        df = make(p.n, p.seed, p.template, heldout, answer=p.answer)
+        df = data.make_sft(p.n, p.seed, p.template, heldout, answer=p.answer)
     write_parquet(df, snakemake.output[0])  # noqa: F821
     print(f"{p.kind}: {df.height} rows, {int(df['heldout'].sum())} in the held-out split")

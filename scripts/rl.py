@@ -14,9 +14,9 @@ with job_log(sm.log[0], sm.threads):
         model=sm.input.model,
         data=sm.input.data,
         template=p.template,
-        out=sm.output[0],
+        out=sm.output.model,
         work_dir=p.work,
-        metrics=p.metrics,
+        metrics=sm.output.metrics,
         dtype=p.dtype,
     )
     result = launch.run(

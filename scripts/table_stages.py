@@ -11,5 +11,5 @@ with job_log(sm.log[0]):
         premax = json.load(fh)["model"]
     summaries = tables.read_summaries(sm.input.summaries)
     df = tables.stage_table(summaries, premax=premax, moderate=sm.params.moderate, rl=sm.params.rl)
-    tables.write_table(df, sm.output.csv, sm.output.md, tables.STAGES_MARKDOWN)
+    tables.write_table(df, sm.output.csv, sm.output.md, tables.STAGES_MARKDOWN, tables.RECOVERY_FOOTNOTE)
     print(df)

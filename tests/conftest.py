@@ -33,7 +33,8 @@ def reduced_config(study: str = "test") -> dict:
     cfg["base"].update(steps=20, batch_size=32, warmup_steps=2)
     cfg["sft"].update(checkpoints=[4, 8], max_steps=12, batch_size=32, per_device_batch_size=32)
     cfg["eval"].update(batch_size=64)
-    cfg["rl"].update(num_updates=2, episodes_per_update=8, minibatch_size=8, micro_batch_size=8, rollout_batch_size=8, save_every=1)
+    cfg["rl_sweep"].update(**{"from": []})
+    cfg["rl"].update(**{"from": None}, num_updates=2, episodes_per_update=8, minibatch_size=8, micro_batch_size=8, rollout_batch_size=8, save_every=1)
     cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=["0", "0-1"])
     cfg["threads"] = 1
     return cfg

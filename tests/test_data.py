@@ -1,10 +1,14 @@
 """Generated data sets: deterministic, on the right rule, held-out multisets respected."""
 
+import random
+import re
+
 import polars as pl
 import pytest
 
 from sftrl import data
-from sftrl.game import check_formula, hand_numbers
+from sftrl.game import check_formula, hand_numbers, solve
+from sftrl.prompts import compact_prompt, get_template
 
 
 def test_eval_sets_are_deterministic_and_fixed_size():
@@ -87,3 +91,42 @@ def _answers_by_numbers(df):
 def test_unknown_answer_mode_is_named():
     with pytest.raises(ValueError, match="data.answer"):
         data.make_sft(10, 0, "compact", answer="best")
+
+
+def test_pretrain_feedback_dialogues_and_wrapped_answers():
+    df = data.make_pretrain(600, 3, "compact", feedback_fraction=0.3, wrapped_fraction=0.5)
+    again = data.make_pretrain(600, 3, "compact", feedback_fraction=0.3, wrapped_fraction=0.5)
+    assert df.equals(again)  # deterministic
+    plain = data.make_pretrain(600, 3, "compact")
+    assert df["cards"].to_list() == plain["cards"].to_list()  # the same hands, other texts
+    tpl = get_template("compact")
+    dialogues = wrapped = 0
+    for cards, rule, numbers, prompt, completion in df.select("cards", "face_values", "numbers", "prompt", "completion").iter_rows():
+        start = compact_prompt(cards, tuple(rule))
+        assert prompt.startswith(start)
+        is_wrapped = completion.startswith("[") and completion.endswith("]")
+        wrapped += is_wrapped
+        answer = completion[1:-1] if is_wrapped else completion
+        assert check_formula(answer, numbers).solved  # the right answer, in either style
+        rest = prompt[len(start):]
+        if rest:
+            dialogues += 1
+            turns = re.findall(r"(.*?)(![xnvp][0-9 ?]*\|[0-9 ?]*\|)", rest)
+            assert "".join(a + f for a, f in turns) == rest and 1 <= len(turns) <= 3, rest
+            for attempt, feedback in turns:
+                verdict = check_formula(tpl.extract(attempt), numbers)
+                assert not verdict.solved and tpl.feedback(verdict) == feedback  # its own verdict
+                assert attempt.startswith("[") == is_wrapped  # one style per dialogue
+                if is_wrapped:
+                    assert feedback == "!x||"
+    assert 0.25 < dialogues / df.height < 0.35 and 0.45 < wrapped / df.height < 0.55
+
+
+def test_wrong_attempts_are_mostly_the_face_value_mistake():
+    rng = random.Random(0)
+    cards, numbers = ["J", "Q", "7", "9"], [11, 12, 7, 9]
+    solutions = solve(numbers)
+    attempts = [data.wrong_attempt(rng, cards, (11, 12, 13), numbers, solutions) for _ in range(200)]
+    assert not any(check_formula(a, numbers).solved for a in attempts)
+    invalid = [a for a in attempts if check_formula(a, numbers).status == "wrong_numbers"]
+    assert len(invalid) > 120  # face values swapped (most) or one number changed

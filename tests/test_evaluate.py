@@ -58,7 +58,10 @@ def test_multi_turn_verdicts_turns_and_accuracy():
     assert rec["format_error"].to_list() == [False, False, True]
     # only unfinished episodes are generated for, and the feedback turn follows each failure
     assert [len(c) for c in gen.calls] == [3, 2, 1]
-    assert gen.calls[1][0][-1] == {"role": "user", "content": "!"}
+    # the compact verdict: right numbers but not 24 ("!v||"); illegal (spaces), then 10 and 4 are not in the hand
+    assert gen.calls[1][0][-1] == {"role": "user", "content": "!v||"}
+    assert gen.calls[1][1][-1] == {"role": "user", "content": "!x||"}
+    assert gen.calls[2][0][-1] == {"role": "user", "content": "!n10 4|2 6 1|"}
     # float arithmetic (the study's) misses 8/(3-8/3)
     rec_float = run_episodes(Scripted(script), hands, "compact", turns=2, arithmetic="float")
     assert rec_float["solved"].to_list() == [True, False, False]
@@ -66,6 +69,12 @@ def test_multi_turn_verdicts_turns_and_accuracy():
     assert s["n"] == 3 and s["solved"] == 1 and s["accuracy"] == pytest.approx(1 / 3)
     assert s["heldout_n"] == 1 and s["heldout_accuracy"] == 0.0
     assert s["mean_turns"] == pytest.approx(5 / 3)
+    # first attempt and by turn: hand 0 on turn 1; hands 1 and 2 never within 2 float turns
+    assert s["first_accuracy"] == pytest.approx(1 / 3) and s["solved_by_turn"] == [pytest.approx(1 / 3), 0.0]
+    s3 = summarise(rec, turns=3)  # exact: hand 1 on turn 2, hand 2 on turn 3
+    assert s3["solved_by_turn"] == [pytest.approx(1 / 3)] * 3 and s3["accuracy"] == 1.0
+    assert s3["first_accuracy"] == pytest.approx(1 / 3) and s3["first_ci_low"] < 1 / 3 < s3["first_ci_high"]
+    assert s3["extra_ten"] == 0.0  # first answers: "4*6*1*1", "3+3+8+8", "2 + 2" (not a formula)
 
 
 def test_paper_template_feedback_and_unparseable_answers():

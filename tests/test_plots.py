@@ -17,8 +17,10 @@ def _summary_rows(specs):
     for model, id_acc, ood_acc in specs:
         for split, acc in (("id", id_acc), ("ood", ood_acc)):
             rows.append({"model": model, "split": split, "accuracy": acc, "ci_low": acc - 0.05, "ci_high": acc + 0.05,
-                             "numbers_correct": 0.5, "format_error": 0.0, "mean_turns": 1.0, "heldout_n": 10.0, "heldout_accuracy": acc})
-    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in tables.SUMMARY_FIELDS}}
+                             "numbers_correct": 0.5, "format_error": 0.0, "mean_turns": 1.0, "heldout_n": 10.0, "heldout_accuracy": acc,
+                             "first_accuracy": acc - 0.02, "first_ci_low": acc - 0.07, "first_ci_high": acc + 0.03,
+                             "extra_ten": 0.1, "solved_by_turn": f"{100 * acc - 2:.1f} / 2.0"})
+    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in tables.SUMMARY_FIELDS}, "solved_by_turn": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 

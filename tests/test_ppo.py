@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sftrl import data
+from sftrl.game import Verdict
 from sftrl.grpo import make_reward_function, train_grpo
 from sftrl.models import build_tiny_model, build_tiny_tokenizer, load_model, load_tokenizer
 from sftrl.ppo import (
@@ -23,6 +24,7 @@ from sftrl.ppo import (
     collate,
     gae,
     kl_estimate,
+    length_bucketed_order,
     masked_whiten,
     play,
     score,
@@ -213,12 +215,14 @@ def test_rollout_continues_failed_episodes_with_the_feedback_turn():
     assert not ro.solved.any() and (ro.reward < 0).all()
     feedback = tok("!", add_special_tokens=False)["input_ids"]
     special = T(tok.all_special_ids)
-    for i in range(8):  # context of turn t+1 = context + response's text (no EOS, no specials) + "!"
+    for i in range(8):  # context of turn t+1 = context + response's text (no EOS, no specials) + "!..."
         (context, response), (next_context, _) = ro.pairs[i], ro.pairs[i + 4]
         response = response[~torch.isin(response, special)]
-        assert next_context.tolist() == context.tolist() + response.tolist() + feedback
-    logp, value = score(ActorCritic(policy), ro.pairs, tok.pad_token_id, cfg, "cpu")
-    assert logp.shape == value.shape == (12,) and (logp < 0).all()
+        start = context.tolist() + response.tolist() + feedback
+        assert next_context.tolist()[: len(start)] == start
+        assert tok.decode(next_context[len(start) - 1 :]).endswith("|")  # the verdict: "!x||", "!n10|11 7|"
+    logp, value, entropy = score(ActorCritic(policy), ro.pairs, tok.pad_token_id, cfg, "cpu")
+    assert logp.shape == value.shape == entropy.shape == (12,) and (logp < 0).all() and (entropy > 0).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +276,47 @@ def test_ppo_raises_the_mean_reward(tmp_path, start_model):
     # the output is a plain checkpoint without the value head
     assert not any("value_head" in k for k in load_file(tmp_path / "ppo" / "model.safetensors"))
     assert load_model(tmp_path / "ppo").config.hidden_size == 64
+
+
+def _stars(formula, numbers, arithmetic="exact") -> Verdict:
+    """A toy verifier: +1 per '*' in the answer, never solved (the episode is one attempt)."""
+    return Verdict(float((formula or "").count("*")), "", "no_solution", False, False, formula or "")
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["ppo", "advantage-sign-flipped"])
+def test_ppo_optimises_a_toy_reward_and_a_broken_ppo_does_not(tmp_path, start_model, monkeypatch, broken):
+    # The same run twice: PPO must raise its own reward; with the advantages' sign flipped (a
+    # classic bug) the same check must fail -- the reward falls -- so this test can fail.
+    from sftrl import ppo
+
+    if broken:
+        whiten = ppo.masked_whiten
+        monkeypatch.setattr(ppo, "masked_whiten", lambda x, mask: -whiten(x, mask))
+    cfg = _cfg(num_updates=8, temperature=1.0, lr=3e-4, lr_min=3e-4, target_kl=0.5)
+    metrics = tmp_path / "metrics.jsonl"
+    train_ppo(start_model, data.make_rl(64, 4, "compact"), "compact", cfg, tmp_path / "ppo", tmp_path / "w", metrics,
+              progress=False, check=_stars)  # fmt: skip
+    rows = _rows(metrics)
+    reward = [r["charts/mean_reward"] for r in rows]
+    first, last = sum(reward[:3]) / 3, sum(reward[-3:]) / 3
+    for key in ("charts/entropy", "losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/epochs"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    if broken:
+        assert last < first, reward
+    else:
+        assert last > first + 0.3, reward
+
+
+def test_target_kl_stops_an_update_early(tmp_path, start_model):
+    # A large step and a tiny target: every update stops after its first epoch, and says so.
+    cfg = _cfg(num_updates=2, lr=3e-3, lr_min=3e-3, ppo_epochs=4, target_kl=1e-6, temperature=1.0)
+    train_ppo(start_model, data.make_rl(64, 5, "compact"), "compact", cfg, tmp_path / "ppo", tmp_path / "w",
+              tmp_path / "m.jsonl", progress=False)  # fmt: skip
+    assert [r["losses/epochs"] for r in _rows(tmp_path / "m.jsonl")] == [1, 1]
+    cfg = _cfg(num_updates=1, ppo_epochs=3, target_kl=None)
+    train_ppo(start_model, data.make_rl(64, 5, "compact"), "compact", cfg, tmp_path / "ppo2", tmp_path / "w2",
+              tmp_path / "m2.jsonl", progress=False)  # fmt: skip
+    assert [r["losses/epochs"] for r in _rows(tmp_path / "m2.jsonl")] == [3]
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, start_model):
@@ -339,3 +384,14 @@ def test_grpo_writes_a_loadable_checkpoint(tmp_path, start_model):
     assert row["update"] == 1 and math.isfinite(row["charts/mean_reward"])
     assert not (tmp_path / "w").exists()
 
+
+
+def test_length_bucketed_order_covers_the_buffer_in_equal_sorted_minibatches():
+    torch.manual_seed(0)
+    lengths = torch.tensor([20, 90, 21, 40, 19, 95, 60, 22, 41, 20])  # 10 actions
+    order = length_bucketed_order(lengths, n_minibatches=3, minibatch_size=4)  # 12 slots: 2 repeated
+    assert order.shape == (12,)
+    assert set(order.tolist()) == set(range(10))  # every action, and two of them twice
+    batches = order.view(3, 4)
+    spans = sorted((int(lengths[b].min()), int(lengths[b].max())) for b in batches)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:], strict=False))  # no overlap

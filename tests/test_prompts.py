@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftrl.game import CARDS, RANKS, rank_to_card, solve
+from sftrl.game import CARDS, RANKS, check_formula, rank_to_card, solve
 from sftrl.prompts import (
     COMPACT_ALPHABET,
     COMPACT_FEEDBACK,
@@ -121,8 +121,8 @@ def test_compact_forms():
 def test_compact_alphabet_covers_everything():
     alphabet = set(COMPACT_ALPHABET)
     assert len(alphabet) == len(COMPACT_ALPHABET)  # no duplicates
-    assert alphabet == set("0123456789AJQK |+-*/()!")
-    seen = set(COMPACT_FEEDBACK)
+    assert alphabet == set("0123456789AJQK |+-*/()!xnvp[]")
+    seen = set(COMPACT_FEEDBACK) | set("xnvp[]")  # fault kinds and the base's answer wrapper
     for ranks in itertools.combinations_with_replacement(RANKS, 4):
         cards = [rank_to_card(r) for r in ranks]
         for rule in ("id", "ood"):
@@ -170,17 +170,43 @@ def test_get_template_error(bad):
 
 
 def test_feedback_sentences():
-    paper, compact = get_template("paper"), get_template("compact")
+    paper = get_template("paper")
     assert (
-        paper.feedback("you used invalid numbers: [10].")
-        == "You failed this trial because you used invalid numbers: [10]."
+        paper.feedback(check_formula("10*2+4", [11, 2, 4, 7]))
+        == "You failed this trial because you used invalid numbers: [10], you didn't use numbers: [11, 7]."
     )
-    assert (
-        paper.feedback("you didn't use numbers: [2].")
-        == "You failed this trial because you didn't use numbers: [2]."
+    assert paper.feedback(check_formula("2*12", [2, 12, 7, 3])) == (
+        "You failed this trial because you didn't use numbers: [7, 3]."
     )
-    assert compact.feedback("you used invalid numbers: [10].") == "!"
-    assert compact.feedback("") == COMPACT_FEEDBACK
+    assert paper.feedback(check_formula(None, [1, 2, 3, 4])) == (
+        "You failed this trial because illegal characters."
+    )
+
+
+@pytest.mark.parametrize(
+    "formula, numbers, feedback",
+    [
+        ("10*2+4", [11, 2, 4, 7], "!n10|11 7|"),  # the J/Q/K = 10 mistake: invalid 10, unused 11 and 7
+        ("3*3*2+6", [3, 2, 6, 4], "!n3|4|"),  # 3 used too often, 4 unused (the paper: "too many times")
+        ("2*12", [2, 12, 7, 3], "!n|7 3|"),  # unused numbers only
+        ("2+12+7-3", [2, 12, 7, 3], "!v||"),  # right numbers, not 24
+        ("2++12+7+3", [2, 12, 7, 3], "!x||"),  # a grammar fault: illegal
+        ("2*12*(7-3", [2, 12, 7, 3], "!v||"),  # an unclosed bracket that starts no solution
+        ("[(12-7)*2+12]", [2, 12, 7, 12], "!x||"),  # the base's wrapper: illegal characters
+        (None, [2, 12, 7, 12], "!x||"),  # no formula at all (the study's "None")
+        ("12*(2*7-12", [2, 12, 7, 12], "!p||"),  # an unclosed prefix of a solution: partial
+        ("(12-7)*2+", [2, 12, 7, 12], "!n|12|"),  # unfinished, and a 12 unused
+    ],
+)
+def test_compact_feedback_renders_the_verdict(formula, numbers, feedback):
+    verdict = check_formula(formula, numbers)
+    assert get_template("compact").feedback(verdict) == feedback
+    assert set(feedback) <= set(COMPACT_ALPHABET) and feedback.startswith(COMPACT_FEEDBACK)
+
+
+def test_compact_feedback_refuses_a_correct_answer():
+    with pytest.raises(ValueError, match="status 'correct'"):
+        get_template("compact").feedback(check_formula("12*(2*7-12)", [2, 12, 7, 12]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ def _summary(tmp_path, model, split, acc, n=234):
         "model": model, "split": split, "n": n, "solved": round(acc * n), "accuracy": acc,
         "ci_low": acc - 0.05, "ci_high": acc + 0.05, "numbers_correct": 0.5, "format_error": 0.0,
         "mean_turns": 1.0, "heldout_n": 20, "heldout_accuracy": acc / 2,
+        "first_accuracy": acc - 0.1, "first_ci_low": acc - 0.15, "first_ci_high": acc - 0.05,
+        "solved_by_turn": [acc - 0.1, 0.1], "extra_ten": 0.05,
     }
     path = tmp_path / f"{model}-{split}.json"
     path.write_text(json.dumps(s))
@@ -38,9 +40,15 @@ def test_sft_trajectory_rows_columns_and_order(tmp_path):
     back = pl.read_csv(csv)
     assert back.columns == df.columns and back["ood_accuracy"].to_list() == df["ood_accuracy"].to_list()
     lines = md.read_text().splitlines()
-    assert lines[0].startswith("| model | step | ID acc % [95% CI]")
-    assert lines[2] == "| base | 0 | 70.0 [65.0, 75.0] | 40.0 [35.0, 45.0] | 50.0 | 50.0 | 20.0 |"
+    assert lines[0].startswith("| model | step | ID acc % [95% CI] | ID 1st attempt % | OOD acc % [95% CI]")
+    assert lines[2] == (
+        "| base | 0 | 70.0 [65.0, 75.0] | 60.0 | 40.0 [35.0, 45.0] | 30.0 [25.0, 35.0] | 30.0 / 10.0 | 0.0 | 50.0 "
+        "| 50.0 | 5.0 | 20.0 |"
+    )
     assert len(lines) == 5
+    tables.write_table(df, csv, md, tables.TRAJECTORY_MARKDOWN, tables.TRAJECTORY_FOOTNOTE)
+    text = md.read_text()
+    assert text.endswith("\n\n" + tables.TRAJECTORY_FOOTNOTE + "\n") and len(text.splitlines()) == 7
 
 
 def test_model_step_rejects_other_names():
@@ -54,7 +62,20 @@ def test_recovery_formula_reproduces_the_studys_figures():
     assert tables.recovery(19.66, 17.09, 19.67) == pytest.approx(99.6, abs=0.05)
     assert tables.recovery(16.24, 8.97, 17.52) == pytest.approx(85.0, abs=0.05)
     assert tables.recovery(0.3, 0.3, 0.3) is None
+    assert tables.recovery(0.3, 0.4, 0.2) is None  # the reference below the start: no ratio
 
+
+@pytest.mark.parametrize(
+    "start_high, reference_low, defined",
+    [
+        (0.15, 0.35, True),  # 0.10 [.., 0.15] vs 0.40 [0.35, ..]: each outside the other's interval
+        (0.42, 0.35, False),  # the start's interval reaches the reference
+        (0.15, 0.08, False),  # the reference's interval reaches the start
+    ],
+)
+def test_recovery_is_undefined_for_a_gap_within_the_intervals(start_high, reference_low, defined):
+    value = tables.recovery(0.25, 0.10, 0.40, start_high, reference_low)
+    assert (value == pytest.approx(50.0)) if defined else value is None
 
 def test_rl_recovery_rows_and_recovery(tmp_path):
     paths = [
@@ -73,7 +94,11 @@ def test_rl_recovery_rows_and_recovery(tmp_path):
     # (0.20 - 0.30) / (0.40 - 0.30) = -100%; (0.25 - 0.10) / (0.40 - 0.10) = 50%
     assert df["recovery_pct"].to_list() == pytest.approx([-100.0, 50.0])
     md = tables.to_markdown(df, tables.RL_RECOVERY_MARKDOWN).splitlines()
-    assert md[3] == "| 400 | 90.0 [85.0, 95.0] | 10.0 [5.0, 15.0] | 92.0 [87.0, 97.0] | 25.0 [20.0, 30.0] | 40.0 | 50.0 |"
+    assert df["delta_id"].to_list() == pytest.approx([0.05, 0.02]) and df["delta_ood"].to_list() == pytest.approx([-0.1, 0.15])
+    assert md[3] == (
+        "| 400 | 90.0 [85.0, 95.0] | 92.0 [87.0, 97.0] | +2.0 | 10.0 [5.0, 15.0] | 25.0 [20.0, 30.0] | +15.0 "
+        "| 0.0 → 15.0 | 15.0 / 10.0 | 40.0 | 50.0 |"
+    )
 
 
 def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
@@ -124,8 +149,10 @@ def test_edit_tables_recovery_and_order(tmp_path):
         "sigmaswap-sft-50-into-sft-800-top0.2",
         "uvmerge-sft-800-into-ppo-800-top1",  # the reverse experiment comes last
     ]
-    # (0.31 - 0.10) / (0.40 - 0.10) = 70%; reverse: (0.15 - 0.20) / (0.10 - 0.20) = 50%
-    assert spectral["recovery_ood_pct"].to_list() == pytest.approx([70.0, 50.0, 0.0, 50.0])
+    # (0.31 - 0.10) / (0.40 - 0.10) = 70%; reverse: the donor (0.10) is below the target (0.20): no ratio
+    assert spectral["recovery_ood_pct"].to_list()[:3] == pytest.approx([70.0, 50.0, 0.0])
+    assert spectral["recovery_ood_pct"][3] is None
+    assert spectral["recovery_id_pct"].to_list() == [None] * 4  # ID: the donor (0.90) below the target
     assert layers["layers"].to_list() == ["0", "0-1", "1"]
     assert layers["recovery_ood_pct"].to_list() == pytest.approx([60.0, 66.667, 6.667], abs=1e-3)
     md = tables.to_markdown(layers, tables.LAYER_RESET_MARKDOWN).splitlines()
@@ -176,16 +203,16 @@ def test_stage_table_rows_columns_and_recovery(tmp_path):
     assert df["model"].to_list() == ["sft-50", "sft-400", "ppo-400"]
     assert df.columns[:3] == ["stage", "model", "description"]
     assert {"id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"} <= set(df.columns)
-    # OOD: (0.25 - 0.10) / (0.40 - 0.10) = 50%; ID: (0.92 - 0.90) / (0.50 - 0.90) = -5%
+    # OOD: (0.25 - 0.10) / (0.40 - 0.10) = 50%; ID: Premax (0.50) is below Moderate (0.90): no ratio
     assert df["recovery_ood_pct"].to_list()[:2] == [None, None]
     assert df["recovery_ood_pct"][2] == pytest.approx(50.0)
-    assert df["recovery_id_pct"][2] == pytest.approx(-5.0)
+    assert df["recovery_id_pct"][2] is None
     csv, md = tmp_path / "stages.csv", tmp_path / "stages.md"
     tables.write_table(df, csv, md, tables.STAGES_MARKDOWN)
     lines = md.read_text().splitlines()
     assert lines[0] == "| stage | model | ID acc % [95% CI] | OOD acc % [95% CI] | OOD recovery % | ID recovery % |"
     assert lines[2] == "| Premax | sft-50 | 50.0 [45.0, 55.0] | 40.0 [35.0, 45.0] | – | – |"
-    assert lines[4] == "| RL | ppo-400 | 92.0 [87.0, 97.0] | 25.0 [20.0, 30.0] | 50.0 | -5.0 |"
+    assert lines[4] == "| RL | ppo-400 | 92.0 [87.0, 97.0] | 25.0 [20.0, 30.0] | 50.0 | – |"
     assert pl.read_csv(csv)["stage"].to_list() == ["Premax", "Moderate", "RL"]
 
 
@@ -304,3 +331,40 @@ def test_parse_markdown_table_names_the_file_and_line():
         tables.parse_markdown_table("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 |\n", "t.md")
     with pytest.raises(ValueError, match="t.md: not a Markdown pipe table"):
         tables.parse_markdown_table("just text\n", "t.md")
+
+
+# --- the RL sweep ------------------------------------------------------------------------------
+
+
+def _metrics(success: list[float], kl: float = 0.02) -> list[dict]:
+    return [
+        {"update": u, "charts/success_rate": s, "losses/approx_kl": kl * u, "losses/epochs": 4, "charts/entropy": 0.1}
+        for u, s in enumerate(success, start=1)
+    ]
+
+
+def test_rl_sweep_rows_learning_and_id_kept(tmp_path):
+    specs = [("sft-50", 0.60, 0.20), ("ppo-50", 0.70, 0.22), ("ppo-50-lr1e-4", 0.50, 0.15)]
+    paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
+    metrics = {
+        "ppo-50-lr1e-4": _metrics([0.6, 0.6, 0.6, 0.5, 0.5, 0.5], kl=0.3),  # falls
+        "ppo-50": _metrics([0.6, 0.6, 0.6, 0.7, 0.7, 0.8]),  # rises
+    }
+    df = tables.rl_sweep(tables.read_summaries(paths), metrics, {"lr1e-4": {"lr": 1e-4}})
+    assert df["variant"].to_list() == ["default", "lr1e-4"]  # the rl: settings first
+    assert df["settings"].to_list() == ["(the study's rl: settings)", "lr=0.0001"]
+    assert df["learns"].to_list() == [True, False]
+    assert df["success_first"].to_list() == pytest.approx([0.6, 0.6]) and df["success_last"][0] == pytest.approx(0.7333, abs=1e-4)
+    assert df["approx_kl_max"].to_list() == pytest.approx([0.12, 1.8])
+    # ID kept: 0.70 >= the start's lower bound 0.55; 0.50 is below it
+    assert df["id_kept"].to_list() == [True, False]
+    assert df["delta_ood"].to_list() == pytest.approx([0.02, -0.05])
+    md = tables.to_markdown(df, tables.RL_SWEEP_MARKDOWN).splitlines()
+    assert md[2].startswith("| default | (the study's rl: settings) | 50 | 60.0 → 73.3 | 0.070 / 0.120 | 4.00 | 60.0 → 70.0 | +10.0 |")
+    assert md[2].endswith("| yes | yes |") and md[3].endswith("| no | no |")
+
+
+def test_rl_sweep_needs_the_start_summary(tmp_path):
+    paths = [_summary(tmp_path, "ppo-50", s, 0.5) for s in ("id", "ood")]
+    with pytest.raises(ValueError, match="sft-50"):
+        tables.rl_sweep(tables.read_summaries(paths), {"ppo-50": _metrics([0.5] * 3)}, {})

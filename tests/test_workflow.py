@@ -6,6 +6,8 @@ import polars as pl
 import pytest
 
 from conftest import reduced_config, run_snakemake, write_config
+from sftrl import data
+from sftrl.game import card_to_rank
 
 
 def test_dry_run_lists_the_data_jobs(tmp_path):
@@ -58,3 +60,23 @@ def test_reduced_study_runs_end_to_end_and_is_reproducible(reduced_study, tmp_pa
     for name in tables:
         again = tmp_path / "results" / "test" / "tables" / name
         assert again.read_text() == (res / "tables" / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_rl_and_sft_data_hold_only_the_id_rule_and_no_heldout_hand(reduced_study):
+    # The study's honesty rule: nothing of the OOD rule and no held-out multiset reaches SFT or RL.
+    res = reduced_study / "results" / "test" / "data"
+    held = data.heldout_multisets(*(reduced_config()["data"][k] for k in ("holdout_fraction", "holdout_seed")))
+    assert held
+    for name in ("sft", "rl"):
+        df = pl.read_parquet(res / f"{name}.parquet")
+        assert df.height > 0 and set(df["rule"]) == {"id"}, name
+        assert all(fv == [10, 10, 10] for fv in df["face_values"].to_list()), name
+        assert all("|10 10 10|" in p for p in df["prompt"]), name
+        ranks = {tuple(sorted(card_to_rank(c) for c in cards)) for cards in df["cards"].to_list()}
+        assert not ranks & held, name
+        assert not df["heldout"].any(), name
+    # the pretraining data of the tiny base states other face values, but no held-out hand either
+    pre = pl.read_parquet(res / "pretrain.parquet")
+    ranks = {tuple(sorted(card_to_rank(c) for c in cards)) for cards in pre["cards"].to_list()}
+    assert not ranks & held

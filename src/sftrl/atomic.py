@@ -2,11 +2,17 @@
 
 A killed job therefore never leaves a file or directory that looks finished: Snakemake (and a
 user) only ever see either nothing or the complete output.
+
+Nothing is deleted that this module did not create: a directory output never replaces a
+non-empty directory, and a file output replaces only a file that was already there when the
+write began (the caller's old version). Whatever appears at the destination while the output is
+being written is left alone, and the commit fails with :class:`OutputExistsError` naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -14,14 +20,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+class OutputExistsError(FileExistsError):
+    """The destination of an atomic output is occupied by something this write did not create."""
+
+
+def _is_empty_dir(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
 
-    With ``directory=True`` the temporary path is an (empty) directory. On any exception the
-    temporary path is removed and ``path`` is left untouched.
+    With ``directory=True`` the temporary path is an (empty) directory, and ``path`` must be
+    absent or an empty directory. A file output replaces a file already at ``path`` when the
+    write began; if ``path`` was absent then and something appeared there meanwhile, nothing is
+    replaced. In both cases the occupied destination raises :class:`OutputExistsError` (at the
+    start, or at the commit when it appeared meanwhile), and it is left exactly as it is. On any
+    exception the temporary path is removed.
     """
     path = Path(path)
+    existed = os.path.lexists(path)
+    if existed and directory and not _is_empty_dir(path):
+        raise OutputExistsError(f"{path}: already exists (and is not an empty directory); remove it first")
+    if existed and not directory and path.is_dir():
+        raise OutputExistsError(f"{path}: is a directory; expected the path of a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -31,15 +57,48 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
-        if directory and path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _commit(tmp, path, directory, replace=existed)
     except BaseException:
-        if tmp.is_dir():
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _appeared(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path}: appeared while this output was being written; left it untouched and discarded the new output"
+    )
+
+
+def _commit(tmp: Path, path: Path, directory: bool, replace: bool) -> None:
+    if directory:
+        # rename(2) moves a directory only onto nothing or an empty directory: a destination that
+        # filled up meanwhile makes it fail, atomically, instead of being deleted.
+        try:
+            os.rename(tmp, path)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise _appeared(path) from None
+            raise
+        return
+    if replace:  # the caller's old file: replace it (but never a directory that took its place)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:
+            raise _appeared(path) from None
+        return
+    try:
+        os.link(tmp, path)  # fails, atomically, if anything is at `path` by now
+    except FileExistsError:
+        raise _appeared(path) from None
+    except OSError:  # a file system without hard links: check, then rename (a narrow window)
+        if os.path.lexists(path):
+            raise _appeared(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def write_parquet(df, path: str | os.PathLike) -> None:

@@ -104,10 +104,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no {CONFIG_FILE}, so not a Hugging Face checkpoint")
         index = self.path / INDEX_FILE
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: unreadable index ({e})") from None
+            weight_map = _read_weight_map(index)
         elif (self.path / SINGLE_FILE).is_file():
             weight_map = None
         else:
@@ -163,12 +160,39 @@ class Checkpoint:
         self._check(name)
         # A fresh handle per tensor: the mapping is closed again, so pages of earlier tensors
         # do not accumulate in the resident set.
-        with safe_open(self._file[name], framework="pt") as f:
-            return aligned(f.get_tensor(name))
+        try:
+            with safe_open(self._file[name], framework="pt") as f:
+                return aligned(f.get_tensor(name))
+        except Exception as e:  # the file changed or broke since its header was read
+            raise CheckpointError(f"{self._file[name]}: cannot read tensor {name} ({e})") from None
 
     def _check(self, name: str) -> None:
         if name not in self._file:
             raise CheckpointError(f"{self.path}: no tensor named {name}")
+
+
+MAX_INDEX_BYTES = 64 << 20  # an index of a 400B-parameter model is ~100 kB
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The index's ``weight_map``: tensor name -> shard file name in the same directory."""
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise CheckpointError(f"{index}: {index.stat().st_size} bytes, too large for an index")
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{index}: unreadable index ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        got = type(weight_map).__name__ if weight_map else "nothing"
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard files, got {got}")
+    for name, file in weight_map.items():
+        plain = isinstance(file, str) and file not in ("", ".", "..") and not any(c in file for c in "/\\\0")
+        if not plain:
+            raise CheckpointError(
+                f"{index}: tensor {name[:100]!r} maps to {str(file)[:100]!r}; "
+                "expected the name of a shard file in the same directory"
+            )
+    return weight_map
 
 
 def check_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -6,6 +6,11 @@
 * ``eval-ood`` -- fixed OOD hands (J/Q/K = 11/12/13, at least one face card).
 * ``pretrain`` -- tiny source only: hands whose J/Q/K values are drawn per example and stated in
   the prompt, so the tiny base learns to *read* the rule, as the study's pretrained models can.
+  Like an instruct model it also learns to use the verifier's feedback: a fraction of the
+  examples are dialogues of wrong attempts, each followed by its feedback turn, then the right
+  answer (loss on the right answer only). And like an instruct model facing the study's JSON
+  format it answers in its own style: a fraction of the examples wrap every answer in ``[...]``,
+  which the verifier rejects and SFT unlearns first.
 
 Every row keeps the cards, the numbers under its rule and the rendered prompt. The optional
 held-out split removes a seeded fraction of the 1820 rank multisets from every training set and
@@ -17,12 +22,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Callable
 
 import polars as pl
 
-from sftrl.game import RANKS, card_to_rank, deal, face_values, hand_numbers, solve
-from sftrl.prompts import get_template
+from sftrl.game import RANKS, card_to_rank, check_formula, deal, face_values, hand_numbers, solve
+from sftrl.prompts import COMPACT_WRAP, get_template
 
 SPLITS = ("id", "ood")
 
@@ -127,12 +133,89 @@ def _pretrain_rule(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randint(low, 13) for _ in range(3))
 
 
+# Wrong attempts per feedback dialogue: 1, 2 or 3 with these weights.
+WRONG_ATTEMPTS = {1: 0.60, 2: 0.24, 3: 0.16}
+
+
+def wrong_attempt(rng: random.Random, cards, rule, numbers: list[int], solutions: list[str]) -> str:
+    """A plausible wrong answer to a hand, never a correct one.
+
+    Mostly the mistake SFT on the ID rule teaches: the hand solved with other J/Q/K values (10
+    half the time), which the verifier answers with invalid and unused numbers. Otherwise a
+    solution with one number changed, or with its numbers right and one operator changed.
+    """
+    faces = [i for i, c in enumerate(cards) if c in ("J", "Q", "K")]
+    for _ in range(20):
+        kind = rng.random()
+        if faces and kind < 0.6:
+            alt = (10, 10, 10) if rng.random() < 0.5 else tuple(rng.randint(1, 13) for _ in range(3))
+            alt_solutions = solve(hand_numbers(cards, alt))
+            if not alt_solutions:
+                continue
+            formula = rng.choice(alt_solutions)
+        elif kind < 0.8:
+            tokens = re.findall(r"\d+|\D", rng.choice(solutions))
+            spots = [i for i, t in enumerate(tokens) if t.isdigit()]
+            i = rng.choice(spots)
+            tokens[i] = str(rng.choice([v for v in range(1, 14) if v != int(tokens[i])]))
+            formula = "".join(tokens)
+        else:
+            tokens = list(rng.choice(solutions))
+            spots = [i for i, t in enumerate(tokens) if t in "+-*/"]
+            i = rng.choice(spots)
+            tokens[i] = rng.choice([op for op in "+-*/" if op != tokens[i]])
+            formula = "".join(tokens)
+        if not check_formula(formula, numbers).solved:
+            return formula
+    return "1"  # a hand where no variant missed: any wrong formula will do
+
+
 def make_pretrain(
-    n: int, seed: int, template: str, heldout: frozenset = frozenset(), answer: str = "first"
+    n: int,
+    seed: int,
+    template: str,
+    heldout: frozenset = frozenset(),
+    answer: str = "first",
+    feedback_fraction: float = 0.0,
+    wrapped_fraction: float = 0.0,
 ) -> pl.DataFrame:
-    """Tiny base pretraining: the J/Q/K values of each example are drawn and stated in its prompt."""
+    """Tiny base pretraining: the J/Q/K values of each example are drawn and stated in its prompt.
+
+    ``feedback_fraction`` of the examples are feedback dialogues: 1-3 wrong attempts
+    (:func:`wrong_attempt`), each followed by the verifier's feedback turn for it, in the prompt;
+    the right answer is the completion. ``wrapped_fraction`` of the examples write every answer
+    as ``[formula]``, an answer format the verifier rejects (in a dialogue every feedback turn is
+    then ``!x||``, illegal): a style the model keeps within a dialogue, as the study's instruct
+    models kept missing its JSON format until SFT taught it.
+    """
     _check_answer(answer)
-    return _rows(n, seed, template, _pretrain_rule, False, heldout, train=True, with_answer=True, answer=answer)
+    if not (0 <= feedback_fraction <= 1 and 0 <= wrapped_fraction <= 1):
+        raise ValueError(
+            f"feedback_fraction and wrapped_fraction must be in [0, 1]; got {feedback_fraction}, {wrapped_fraction}"
+        )
+    tpl = get_template(template)
+    if tpl.chat and (feedback_fraction or wrapped_fraction):
+        raise ValueError(f"feedback dialogues and wrapped answers need a plain-text template, not {template!r}")
+    df = _rows(n, seed, template, _pretrain_rule, False, heldout, train=True, with_answer=True, answer=answer)
+    if not (feedback_fraction or wrapped_fraction):
+        return df
+    rng = random.Random(seed + 1)  # a stream of its own: the hands are those of the plain data
+    open_, close = COMPACT_WRAP
+    prompts, completions = [], []
+    for cards, rule, numbers, prompt, completion in zip(
+        df["cards"].to_list(), df["face_values"].to_list(), df["numbers"].to_list(), df["prompt"], df["completion"]
+    ):
+        wrap = (lambda text: open_ + text + close) if rng.random() < wrapped_fraction else (lambda text: text)
+        if rng.random() < feedback_fraction:
+            solutions = solve(numbers)
+            k = rng.choices(list(WRONG_ATTEMPTS), weights=list(WRONG_ATTEMPTS.values()))[0]
+            for _ in range(k):
+                text = wrap(wrong_attempt(rng, cards, tuple(rule), numbers, solutions))
+                prompt += text + tpl.feedback(check_formula(tpl.extract(text), numbers))
+        completion = wrap(completion)
+        prompts.append(prompt)
+        completions.append(completion)
+    return df.with_columns(pl.Series("prompt", prompts), pl.Series("completion", completions))
 
 
 ANSWERS = ("first", "random")

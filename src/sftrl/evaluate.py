@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from sftrl.game import check_formula
+from sftrl.game import Verdict, check_formula
 from sftrl.prompts import Template, get_template
 
 Dialogue = list[dict[str, str]]  # chat messages: {"role": "user" | "assistant", "content": ...}
@@ -53,12 +54,14 @@ def run_episodes(
     template: Template | str,
     turns: int,
     arithmetic: str = "exact",
+    check: Callable[..., Verdict] = check_formula,
 ) -> pl.DataFrame:
     """Play every hand for up to ``turns`` attempts; one row per hand (``RECORD_SCHEMA``).
 
     ``numbers_ok`` and ``format_error`` describe the first attempt: whether its formula uses
     exactly the hand's numbers under the rule (right result or not) and whether no legal formula
-    could be read from it at all.
+    could be read from it at all. ``check(formula, numbers, arithmetic=...)`` is the verifier
+    (``formula`` is None when none could be read: the study's "None"); tests swap in toy rewards.
     """
     tpl = get_template(template) if isinstance(template, str) else template
     n = hands.height
@@ -75,7 +78,7 @@ def run_episodes(
         still = []
         for i, text in zip(active, answers, strict=True):
             formula = tpl.extract(text)
-            verdict = check_formula(formula if formula is not None else "", numbers[i], arithmetic=arithmetic)
+            verdict = check(formula, numbers[i], arithmetic=arithmetic)
             rec = log[i]
             rec["responses"].append(text)
             rec["formulas"].append(formula)
@@ -85,7 +88,7 @@ def run_episodes(
             if not verdict.solved:
                 dialogues[i] += [
                     {"role": "assistant", "content": text},
-                    {"role": "user", "content": tpl.feedback(verdict.message)},
+                    {"role": "user", "content": tpl.feedback(verdict)},
                 ]
                 still.append(i)
         active = still
@@ -122,12 +125,26 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarise(records: pl.DataFrame) -> dict:
-    """Accuracy with its Wilson interval, numbers-correct and format-error rates, mean turns,
-    and accuracy on the held-out rank multisets (``heldout_*``; n = 0 without a split)."""
+def summarise(records: pl.DataFrame, turns: int | None = None) -> dict:
+    """Accuracy with its Wilson interval (any of the attempts), the first attempt's accuracy
+    with its interval (``first_*``), the share of hands first solved on each turn
+    (``solved_by_turn``, ``turns`` entries: where any multi-turn gain comes from),
+    numbers-correct and format-error rates of the first attempt, the share of first answers that
+    use 10 more often than the hand holds a 10 (``extra_ten``: on OOD hands, the ID rule's J/Q/K = 10
+    applied against the prompt), mean turns, and accuracy on the
+    held-out rank multisets (``heldout_*``; n = 0 without a split)."""
     n = records.height
     solved = int(records["solved"].sum())
     lo, hi = wilson_interval(solved, n)
+    turns = turns or max(records["turns"].max() or 1, 1)
+    first_solved = [next((t for t, st in enumerate(sts) if st == "correct"), None) for sts in records["statuses"]]
+    by_turn = [sum(1 for f in first_solved if f == t) for t in range(turns)]
+    first_lo, first_hi = wilson_interval(by_turn[0], n)
+    # the ID rule's mistake on OOD hands: the first answer uses 10 more often than the hand holds a 10
+    tens = [
+        formulas[0] is not None and re.findall(r"\d+", formulas[0]).count("10") > list(hand).count(10)
+        for formulas, hand in zip(records["formulas"].to_list(), records["numbers"].to_list(), strict=True)
+    ]
     held = records.filter(pl.col("heldout"))
     held_solved = int(held["solved"].sum()) if held.height else 0
     held_lo, held_hi = wilson_interval(held_solved, held.height)
@@ -137,8 +154,13 @@ def summarise(records: pl.DataFrame) -> dict:
         "accuracy": solved / n if n else math.nan,
         "ci_low": lo,
         "ci_high": hi,
+        "first_accuracy": by_turn[0] / n if n else math.nan,
+        "first_ci_low": first_lo,
+        "first_ci_high": first_hi,
+        "solved_by_turn": [k / n if n else math.nan for k in by_turn],
         "numbers_correct": float(records["numbers_ok"].mean()) if n else math.nan,
         "format_error": float(records["format_error"].mean()) if n else math.nan,
+        "extra_ten": sum(tens) / n if n else math.nan,
         "mean_turns": float(records["turns"].mean()) if n else math.nan,
         "heldout_n": held.height,
         "heldout_accuracy": held_solved / held.height if held.height else None,
@@ -245,5 +267,5 @@ def evaluate_model(
 
         records = run_episodes(generate, split_hands, template, turns, arithmetic)
         bar.close()
-        results[split] = (records, summarise(records))
+        results[split] = (records, summarise(records, turns))
     return results

@@ -375,7 +375,10 @@ class Verdict:
     to be inserted after "You failed this trial because "; ``status``: the worst fault, one of
     ``STATUSES``; ``solved``: the formula equals the target; ``numbers_ok``: the formula's number
     tokens, as a multiset, equal the hand's numbers (even if the formula is otherwise wrong);
-    ``formula``: the formula after dropping the text from the first ``=``.
+    ``formula``: the formula after dropping the text from the first ``=``; ``wrong``: the
+    numbers the message names as invalid or used too many times; ``unused``: the hand numbers it
+    names as unused (both empty unless the status is ``wrong_numbers``). The compact template
+    renders the verdict from ``status``, ``wrong`` and ``unused`` (``sftrl.prompts``).
     """
 
     reward: float
@@ -384,6 +387,8 @@ class Verdict:
     solved: bool
     numbers_ok: bool
     formula: str
+    wrong: tuple[int | str, ...] = ()
+    unused: tuple[int | str, ...] = ()
 
 
 class _EvalError(Exception):
@@ -530,7 +535,13 @@ def _grammar(tokens: list[str]) -> list[str]:
 
 
 def _verdict(
-    reward: float, messages: list[str], statuses: set[str], numbers_ok: bool, formula: str
+    reward: float,
+    messages: list[str],
+    statuses: set[str],
+    numbers_ok: bool,
+    formula: str,
+    wrong: Sequence[int | str] = (),
+    unused: Sequence[int | str] = (),
 ) -> Verdict:
     status = next(s for s in STATUSES if s in statuses)
     return Verdict(
@@ -540,6 +551,8 @@ def _verdict(
         solved=status == "correct",
         numbers_ok=numbers_ok,
         formula=formula,
+        wrong=tuple(wrong),
+        unused=tuple(unused),
     )
 
 
@@ -617,7 +630,7 @@ def check_formula(
         statuses.add("wrong_numbers")
 
     if reward != 0:
-        return _verdict(reward, messages, statuses, numbers_ok, formula)
+        return _verdict(reward, messages, statuses, numbers_ok, formula, invalid or overused, unused)
 
     solutions = _solutions(hand, t)
     value = _evaluate(tokens, exact=arithmetic == "exact")

@@ -78,7 +78,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sftrl.game import ARITHMETIC_MODES
+from sftrl.game import ARITHMETIC_MODES, check_formula
+from sftrl.state import load_training_state, save_training_state
 
 __all__ = [
     "ActorCritic",
@@ -90,6 +91,7 @@ __all__ = [
     "collate",
     "gae",
     "kl_estimate",
+    "length_bucketed_order",
     "masked_whiten",
     "play",
     "score",
@@ -133,6 +135,9 @@ class PPOConfig:
     lr_min: float = 1e-9  # cosine decay over num_updates ends here (study: eta_min 1e-9)
     adam_eps: float = 1e-7  # Adam epsilon (study: 1e-7; weight decay 0)
     max_grad_norm: float = 0.01  # gradient norm clip (study: 0.01)
+    # Stop an update's remaining epochs once the mean approx-KL(old || new) of an epoch passes this
+    # (cleanrl's guard against an update that moves the policy too far); None = never (study: none)
+    target_kl: float | None = None
     # --- bookkeeping ---
     seed: int = 0  # sampling seed (+ process index) and hand order (study: 0)
     save_every: int = 5  # resumable state every N updates, 0 = never (study: Llama 5, Qwen 50)
@@ -204,6 +209,11 @@ class PPOConfig:
         need(0 <= self.lr_min <= self.lr, f"lr_min must be in [0, lr={self.lr}], got {self.lr_min}")
         need(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(
+            self.target_kl is None
+            or (isinstance(self.target_kl, (int, float)) and not isinstance(self.target_kl, bool) and self.target_kl > 0),
+            f"target_kl must be a number > 0 or null (no early stop), got {self.target_kl!r}",
+        )
         need(
             isinstance(self.save_every, int) and self.save_every >= 0,
             f"save_every must be an int >= 0 (0 = no intermediate state), got {self.save_every!r}",
@@ -335,10 +345,16 @@ class ActorCritic(nn.Module):
         )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """``(logp, value)`` per row of a :func:`collate` batch: the response's summed log-prob
-        under ``softmax(logits / temperature)`` and the value of its context."""
+        under ``softmax(logits / temperature)`` and the value of its context; with
+        ``with_entropy`` also the entropy of that distribution, per response token, summed."""
         c_len = input_ids.shape[1] - response_mask.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
         hidden = self.policy.get_decoder()(
@@ -347,8 +363,12 @@ class ActorCritic(nn.Module):
         head_dtype = self.value_head[0].weight.dtype
         value = self.value_head(hidden[:, c_len - 1].to(head_dtype)).squeeze(-1)  # (B,)
         logits = self.policy.get_output_embeddings()(hidden[:, c_len - 1 : -1]).float() / temperature  # (B, R, V)
-        token_logp = logits.log_softmax(-1).gather(-1, input_ids[:, c_len:, None]).squeeze(-1)  # (B, R)
-        return (token_logp * response_mask).sum(-1), value
+        log_probs = logits.log_softmax(-1)  # (B, R, V)
+        token_logp = log_probs.gather(-1, input_ids[:, c_len:, None]).squeeze(-1)  # (B, R)
+        if not with_entropy:
+            return (token_logp * response_mask).sum(-1), value
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # (B, R)
+        return (token_logp * response_mask).sum(-1), value, (entropy * response_mask).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,12 +434,13 @@ class Rollout:
     turns: int
 
 
-def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig) -> Rollout:
-    """Play ``hands`` as the study's multi-turn episodes with the sampler's policy."""
+def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig, check=check_formula) -> Rollout:
+    """Play ``hands`` as the study's multi-turn episodes with the sampler's policy, scored by
+    ``check`` (the verifier; tests swap in toy rewards)."""
     from sftrl.evaluate import run_episodes
 
     sampler.calls = []
-    records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic)
+    records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic, check)
     taken = records["turns"].to_list()
     rewards = records["rewards"].to_list()
     pairs, episode, turn, reward = [], [], [], []
@@ -442,15 +463,34 @@ def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig) -
 
 
 @torch.no_grad()
-def score(model: ActorCritic, pairs, pad_id: int, cfg: PPOConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and values of every action, in micro-batches (no gradients)."""
-    logps, values = [], []
+def score(model: ActorCritic, pairs, pad_id: int, cfg: PPOConfig, device) -> tuple[torch.Tensor, ...]:
+    """Log-probs, values and entropies (summed over each response's tokens) of every action, in
+    micro-batches (no gradients)."""
+    logps, values, entropies = [], [], []
     for start in range(0, len(pairs), cfg.micro_batch_size):
         batch = {k: v.to(device) for k, v in collate(pairs[start : start + cfg.micro_batch_size], pad_id).items()}
-        logp, value = model(**batch, temperature=cfg.temperature)
+        logp, value, entropy = model(**batch, temperature=cfg.temperature, with_entropy=True)
         logps.append(logp.float().cpu())
         values.append(value.float().cpu())
-    return torch.cat(logps), torch.cat(values)
+        entropies.append(entropy.float().cpu())
+    return torch.cat(logps), torch.cat(values), torch.cat(entropies)
+
+
+def length_bucketed_order(lengths: torch.Tensor, n_minibatches: int, minibatch_size: int) -> torch.Tensor:
+    """The actions of one PPO epoch as ``n_minibatches`` minibatches of ``minibatch_size``, in order.
+
+    A random permutation of the buffer, repeated from its start to fill the last minibatch (every
+    optimiser step sees ``minibatch_size`` actions), is sorted by length (context + response) so
+    each minibatch holds actions of similar length (a turn-5 dialogue is 5x longer than a first
+    attempt: mixed batches would pad every row to the longest), and the minibatches are taken in
+    random order. Which actions meet in a minibatch differs from epoch to epoch only among equal
+    lengths; advantages are standardised over the whole buffer, not per minibatch.
+    """
+    n = len(lengths)
+    perm = torch.randperm(n).repeat(math.ceil(n_minibatches * minibatch_size / n))[: n_minibatches * minibatch_size]
+    perm = perm[torch.sort(lengths[perm], stable=True).indices]
+    batches = perm.view(n_minibatches, minibatch_size)
+    return batches[torch.randperm(n_minibatches)].reshape(-1)
 
 
 def _per_episode(x: torch.Tensor, ro: Rollout) -> torch.Tensor:
@@ -476,17 +516,20 @@ def _newest_state(work_dir: Path) -> tuple[int, Path | None]:
     return max(found, default=(0, None))
 
 
-def _save_state(accelerator, work_dir: Path, update: int) -> None:
-    """Resumable state (weights, value head, optimiser, scheduler, RNG of every process),
-    written to a temporary directory and renamed into place; older states are removed."""
+def _save_state(accelerator, work_dir: Path, update: int, metrics_path: Path | None, trained: tuple) -> None:
+    """Resumable state (weights, value head, optimiser, scheduler, RNG of every process, and the
+    metrics logged so far) of ``trained`` = (model, optimizer, scheduler), as data (safetensors and
+    JSON, no pickles: ``sftrl.state``), written to a temporary directory and renamed into place;
+    older states are removed."""
     tmp = work_dir / f".state-{update:06d}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        if metrics_path is not None and metrics_path.exists():
+            shutil.copyfile(metrics_path, tmp / "metrics.jsonl")
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    save_training_state(tmp, accelerator, *trained, progress={"update": update})  # progress.json last
     if accelerator.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"update": update}))
         os.replace(tmp, work_dir / f"state-{update:06d}")
         for p in work_dir.glob("state-*"):
             if p.name != f"state-{update:06d}":
@@ -531,6 +574,7 @@ def train_ppo(
     dtype: str = "auto",
     stop_after: int | None = None,
     progress: bool = True,
+    check=check_formula,
 ) -> dict:
     """PPO from the checkpoint ``model_dir`` on episodes over ``rl_hands`` (``sftrl.data.make_rl``).
 
@@ -539,7 +583,9 @@ def train_ppo(
     one found there; saves the final policy (without the value head) as a Hugging Face checkpoint
     to ``out_dir`` and then removes ``work_dir``. ``stop_after`` ends the run after that update
     (saving its state, writing no model): an interruption, for tests. ``dtype`` is the weights'
-    dtype; ``auto`` keeps float32 (see the module docstring). Returns the last update's metrics.
+    dtype; ``auto`` keeps float32 (see the module docstring). ``check(formula, numbers,
+    arithmetic=...) -> Verdict`` scores the attempts (the study's verifier; tests pass toy rewards).
+    Returns the last update's metrics.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -574,21 +620,25 @@ def train_ppo(
     torch.manual_seed(cfg.seed)  # the same value head on every process
     model = ActorCritic(policy)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    # Stepped once per update on every process, so it is registered, not prepared (accelerate's
-    # prepared scheduler would step once per process).
+    # Stepped once per update on every process, so it is not prepared (accelerate's prepared
+    # scheduler would step once per process); sftrl.state saves it with the resumable state.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.num_updates, eta_min=cfg.lr_min)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     reference = None
     if cfg.kl_coef > 0:
         reference = ActorCritic(load_model(model_dir, dtype=weights_dtype))  # its value head is unused
         reference.requires_grad_(False).eval().to(accelerator.device)
     set_seed(cfg.seed + rank)  # sampling differs per process (study: seed + process index)
     if state_dir is not None:
-        accelerator.load_state(str(state_dir))  # weights, optimiser, scheduler and RNG states
+        load_training_state(state_dir, accelerator, model, optimizer, scheduler)  # data only, no pickles
     if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        if state_dir is not None and (state_dir / "metrics.jsonl").is_file():
+            # the rows up to the state (the metrics file is an output: a rerun may have removed it)
+            shutil.copyfile(state_dir / "metrics.jsonl", metrics_path)
+        _truncate_metrics(metrics_path, start)
+        if start == 0:
+            metrics_path.write_text("")
 
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
     pad_id = tokenizer.pad_token_id
@@ -607,10 +657,10 @@ def train_ppo(
         # --- rollout: episodes with the current policy, then log-probs and values of each action
         actor_critic.eval()
         with accelerator.autocast():  # the precision of the training forward (bf16 under mixed precision)
-            ro = play(sampler, _update_hands(rl_hands, order, update, cfg, rank, world), template, cfg)
-            old_logp, old_value = score(actor_critic, ro.pairs, pad_id, cfg, accelerator.device)  # (N,), (N,)
+            ro = play(sampler, _update_hands(rl_hands, order, update, cfg, rank, world), template, cfg, check)
+            old_logp, old_value, entropy = score(actor_critic, ro.pairs, pad_id, cfg, accelerator.device)  # (N,) each
             if reference is not None:
-                ref_logp, _ = score(reference, ro.pairs, pad_id, cfg, accelerator.device)
+                ref_logp, _, _ = score(reference, ro.pairs, pad_id, cfg, accelerator.device)
         reward = ro.reward
         if reference is not None:
             kl_ref = kl_estimate(old_logp, ref_logp, "k1")  # log pi(a|s) - log pi_ref(a|s), per action
@@ -627,10 +677,14 @@ def train_ppo(
         n_actions = len(ro.pairs)
         most = int(accelerator.gather(torch.tensor([n_actions], device=accelerator.device)).max())
         n_minibatches = math.ceil(most / cfg.minibatch_size)
+        lengths = torch.tensor([len(c) + len(r) for c, r in ro.pairs])
         lr = scheduler.get_last_lr()[0]
         losses = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        epochs = 0
         for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(n_actions).repeat(math.ceil(n_minibatches * cfg.minibatch_size / n_actions))
+            epochs += 1
+            epoch_start = len(losses["approx_kl"])
+            perm = length_bucketed_order(lengths, n_minibatches, cfg.minibatch_size)
             for first in range(0, n_minibatches * cfg.minibatch_size, cfg.micro_batch_size):
                 idx = perm[first : first + cfg.micro_batch_size]
                 batch = collate([ro.pairs[i] for i in idx], pad_id)
@@ -649,6 +703,11 @@ def train_ppo(
                     optimizer.zero_grad()
                 for name, value in zip(losses, (pg_loss, v_loss, clipfrac, approx_kl)):
                     losses[name].append(float(value.detach()))
+            if cfg.target_kl is not None:
+                epoch_kl = losses["approx_kl"][epoch_start:]
+                mean_kl = _sum_over_processes(accelerator, [sum(epoch_kl) / len(epoch_kl) / world])[0]
+                if mean_kl > cfg.target_kl:  # every process sees the same mean, so all stop together
+                    break
         scheduler.step()
 
         # --- metrics: sums over this process's buffer, then over all processes
@@ -657,6 +716,7 @@ def train_ppo(
             "reward": ro.reward.sum(), "actions": n_actions, "solved": ro.solved.sum(), "episodes": ro.episodes,
             "ret": ret.sum(), "ret2": (ret**2).sum(), "res": residual.sum(), "res2": (residual**2).sum(),
             "kl_ref": kl_ref.sum() if reference is not None else 0.0,
+            "entropy": entropy.sum(), "tokens": sum(len(r) for _, r in ro.pairs),
             **{name: sum(values) / len(values) / world for name, values in losses.items()},
         }  # fmt: skip
         total = dict(zip(local, _sum_over_processes(accelerator, list(local.values()))))
@@ -670,8 +730,10 @@ def train_ppo(
             "charts/mean_turns": n / total["episodes"],
             "charts/episodes": int(total["episodes"]),  # over all processes
             "charts/learning_rate": lr,
+            "charts/entropy": total["entropy"] / total["tokens"],  # per sampled token (nats, at the temperature)
             **{f"losses/{name}": total[name] for name in losses},
             "losses/explained_variance": 1 - var_res / var_ret if var_ret > 0 else float("nan"),
+            "losses/epochs": epochs,  # ppo_epochs unless target_kl stopped the update early
             "time/update_seconds": time.perf_counter() - tic,
         }
         if reference is not None:
@@ -681,7 +743,7 @@ def train_ppo(
                 fh.write(json.dumps(row) + "\n")
         bar.set_postfix(reward=f"{row['charts/mean_reward']:.2f}", solved=f"{row['charts/success_rate']:.2f}")
         if (cfg.save_every and update % cfg.save_every == 0) or update == stop_after:
-            _save_state(accelerator, work_dir, update)
+            _save_state(accelerator, work_dir, update, metrics_path, (model, optimizer, scheduler))
     bar.close()
     if not row and metrics_path.exists():  # resumed from the final state: nothing left to train
         lines = metrics_path.read_text().splitlines()

@@ -6,7 +6,10 @@ Two templates:
   answer (§2.3) and its feedback turn ``"You failed this trial because {message}"`` (§2.5).
   ``chat=True``: the caller renders it through a tokenizer's chat template.
 * ``compact``: the tiny model's short plain-text form, ``"J Q 7 9|11 12 13|"`` followed by the
-  formula; feedback is the single character ``COMPACT_FEEDBACK``.
+  formula. Its feedback turn renders the same verdict as the paper's sentence, in symbols:
+  ``!`` + the kind of fault + the invalid or over-used numbers + ``|`` + the unused numbers +
+  ``|`` (:func:`compact_feedback`), e.g. ``!n10|11 7|`` for "you used invalid numbers: [10], you
+  didn't use numbers: [11, 7]." It ends in ``|`` like the prompt, so every answer follows a ``|``.
 
 Parsing never evaluates text (no ``eval``, no ``ast.literal_eval``) and never raises.
 """
@@ -18,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sftrl.game import card_to_rank, face_values, hand_numbers
+from sftrl.game import Verdict, card_to_rank, face_values, hand_numbers
 
 __all__ = [
     "COMPACT_ALPHABET",
@@ -26,6 +29,7 @@ __all__ = [
     "TEMPLATES",
     "Template",
     "compact_extract",
+    "compact_feedback",
     "compact_prompt",
     "compact_response",
     "extract_formula",
@@ -36,8 +40,14 @@ __all__ = [
     "paper_response",
 ]
 
-COMPACT_FEEDBACK = "!"
-COMPACT_ALPHABET = "0123456789AJQK |+-*/()" + COMPACT_FEEDBACK
+COMPACT_FEEDBACK = "!"  # starts every compact feedback turn
+# The kind of fault, after the "!": the verdict's status (a correct answer gets no feedback).
+COMPACT_FAULTS = {"illegal": "x", "wrong_numbers": "n", "no_solution": "v", "partial": "p"}
+# An answer wrapper the SFT target never uses: the tiny base writes some answers as "[formula]"
+# (data.pretrain_wrapped), a format error that SFT unlearns first, like the study's instruct
+# models whose answers miss the JSON format before SFT.
+COMPACT_WRAP = ("[", "]")
+COMPACT_ALPHABET = "0123456789AJQK |+-*/()" + COMPACT_FEEDBACK + "".join(COMPACT_FAULTS.values()) + "".join(COMPACT_WRAP)
 
 # The study's template, quirks kept: leading and trailing newline, and face_card_msg (which ends
 # in a period) is followed by ", and each card ..." and by "," in the output schema.
@@ -101,9 +111,27 @@ def paper_response(cards: Sequence[str], rule: str | Sequence[int], formula: str
     )
 
 
-def paper_feedback(message: str) -> str:
-    """The verifier's next user turn (PAPER.md §2.5)."""
+def paper_feedback(verdict: Verdict | str) -> str:
+    """The verifier's next user turn (the study's sentence): ``You failed this trial because ...``."""
+    message = verdict if isinstance(verdict, str) else verdict.message
     return f"You failed this trial because {message}"
+
+
+def _compact_numbers(values) -> str:
+    # over-long number tokens are kept as "huge:<digits>" by the verifier; "?" stands for one
+    return " ".join(str(v) if isinstance(v, int) else "?" for v in values)
+
+
+def compact_feedback(verdict: Verdict) -> str:
+    """The verdict in the compact alphabet: ``!`` + kind + wrong numbers + ``|`` + unused + ``|``.
+
+    Kinds: ``x`` illegal (format), ``n`` wrong numbers, ``v`` right numbers but not 24,
+    ``p`` an unfinished prefix of a solution. ``!n10|11 7|``, ``!n|3|``, ``!v||``, ``!x||``.
+    """
+    kind = COMPACT_FAULTS.get(verdict.status)
+    if kind is None:
+        raise ValueError(f"no feedback for a verdict with status {verdict.status!r}")
+    return f"{COMPACT_FEEDBACK}{kind}{_compact_numbers(verdict.wrong)}|{_compact_numbers(verdict.unused)}|"
 
 
 def compact_prompt(cards: Sequence[str], rule: str | Sequence[int]) -> str:
@@ -203,7 +231,7 @@ class Template:
     chat: bool
     _prompt: Callable[[Sequence[str], str | Sequence[int]], str] = field(repr=False)
     _response: Callable[[Sequence[str], str | Sequence[int], str], str] = field(repr=False)
-    _feedback: Callable[[str], str] = field(repr=False)
+    _feedback: Callable[[Verdict], str] = field(repr=False)
     _extract: Callable[[str], str | None] = field(repr=False)
 
     def prompt(self, cards: Sequence[str], rule: str | Sequence[int]) -> str:
@@ -212,8 +240,9 @@ class Template:
     def response(self, cards: Sequence[str], rule: str | Sequence[int], formula: str) -> str:
         return self._response(cards, rule, formula)
 
-    def feedback(self, message: str) -> str:
-        return self._feedback(message)
+    def feedback(self, verdict: Verdict) -> str:
+        """The verifier's turn after a failed attempt judged ``verdict``."""
+        return self._feedback(verdict)
 
     def extract(self, text: str) -> str | None:
         return self._extract(text)
@@ -226,7 +255,7 @@ TEMPLATES: dict[str, Template] = {
         False,
         compact_prompt,
         compact_response,
-        lambda message: COMPACT_FEEDBACK,
+        compact_feedback,
         compact_extract,
     ),
 }

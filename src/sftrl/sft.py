@@ -114,17 +114,28 @@ def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int | None) 
                 "completion": [[{"role": "assistant", "content": c}] for c in data["completion"]],
             }
         )
+    examples = tokenize_completions(data, tokenizer, max_length)
+    return Dataset.from_dict(
+        {"input_ids": [ids for ids, _ in examples], "labels": [[-100] * n + ids[n:] for ids, n in examples]}
+    )
+
+
+def tokenize_completions(
+    data: pl.DataFrame, tokenizer, max_length: int | None, key: str = "max_length"
+) -> list[tuple[list[int], int]]:
+    """``(ids, prompt length)`` per example: the tokens of prompt + completion + EOS (with the
+    tokenizer's BOS), in one batched call; ``key`` names the length limit in errors."""
     prompts = data["prompt"].to_list()
     prompt_ids = tokenizer(prompts)["input_ids"]
     full_ids = tokenizer([p + c + tokenizer.eos_token for p, c in zip(prompts, data["completion"])])["input_ids"]
-    labels = []
+    out = []
     for p, f in zip(prompt_ids, full_ids, strict=True):
         if f[: len(p)] != p:
             raise ValueError(f"tokenised prompt is not a prefix of prompt + completion: {p} vs {f}")
         if max_length is not None and len(f) > max_length:
-            raise ValueError(f"an example has {len(f)} tokens, more than max_length {max_length}")
-        labels.append([-100] * len(p) + f[len(p) :])
-    return Dataset.from_dict({"input_ids": full_ids, "labels": labels})
+            raise ValueError(f"an example has {len(f)} tokens, more than {key} ({max_length}); raise it")
+        out.append((f, len(p)))
+    return out
 
 
 def _newest_checkpoint(work_dir: Path) -> Path | None:
@@ -241,7 +252,8 @@ def train_segment(
             if not final.is_dir():
                 raise RuntimeError(f"no training state was written at step {stop_at} in {work_dir}")
             with atomic_path(state_out, directory=True) as tmp:
-                shutil.copytree(final, tmp, dirs_exist_ok=True)
+                # training_args.bin is a pickle that resuming never reads: the state keeps data only
+                shutil.copytree(final, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("training_args.bin"))
         save_model(accelerator.unwrap_model(trainer.model), tokenizer, model_out, state_dict=state_dict)
         shutil.rmtree(work_dir, ignore_errors=True)
     accelerator.wait_for_everyone()

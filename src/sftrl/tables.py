@@ -20,8 +20,12 @@ SUMMARY_FIELDS = (
     "accuracy",
     "ci_low",
     "ci_high",
+    "first_accuracy",
+    "first_ci_low",
+    "first_ci_high",
     "numbers_correct",
     "format_error",
+    "extra_ten",
     "mean_turns",
     "heldout_n",
     "heldout_accuracy",
@@ -38,14 +42,29 @@ def model_step(model: str) -> int:
     return int(m.group(1))
 
 
+def by_turn_text(fractions: list[float] | None) -> str | None:
+    """Shares of hands first solved on turns 1, 2, ... as ``"61.5 / 5.1 / 2.0"`` (percent)."""
+    if not fractions:
+        return None
+    return " / ".join(f"{100 * f:.1f}" for f in fractions)
+
+
 def read_summaries(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
-    """Evaluation summaries (``eval/<model>/<split>.json``) as one long frame."""
+    """Evaluation summaries (``eval/<model>/<split>.json``) as one long frame; ``solved_by_turn``
+    as text (:func:`by_turn_text`)."""
     rows = []
     for path in paths:
         with open(path) as fh:
             s = json.load(fh)
-        rows.append({"model": s["model"], "split": s["split"], **{k: s.get(k) for k in SUMMARY_FIELDS}})
-    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in SUMMARY_FIELDS}}
+        rows.append(
+            {
+                "model": s["model"],
+                "split": s["split"],
+                **{k: s.get(k) for k in SUMMARY_FIELDS},
+                "solved_by_turn": by_turn_text(s.get("solved_by_turn")),
+            }
+        )
+    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in SUMMARY_FIELDS}, "solved_by_turn": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -54,7 +73,7 @@ def wide_by_split(long: pl.DataFrame) -> pl.DataFrame:
     parts = []
     for split in ("id", "ood"):
         part = long.filter(pl.col("split") == split).drop("split")
-        parts.append(part.rename({k: f"{split}_{k}" for k in SUMMARY_FIELDS}))
+        parts.append(part.rename({k: f"{split}_{k}" for k in (*SUMMARY_FIELDS, "solved_by_turn")}))
     return parts[0].join(parts[1], on="model", how="full", coalesce=True)
 
 
@@ -74,17 +93,23 @@ def _fmt(value, kind: str) -> str:
         return f"{value:.1f}"
     if kind == "sci":
         return f"{value:.2e}"
+    if kind == "kl":
+        return f"{value:.3f}"
+    if kind == "yesno":
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
 
 
-def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str, str, str]]]) -> str:
-    """A Markdown table of selected columns.
+def to_markdown(
+    df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str, str, str]]], footnote: str | None = None
+) -> str:
+    """A Markdown table of selected columns, then ``footnote`` (a paragraph) if given.
 
     ``columns`` maps a header to ``(kind, column)``; ``kind`` is ``pct`` (a fraction shown as a
-    percentage), ``ci`` (``column`` is a triple: value, low, high → ``41.0 [34.9, 47.4]``) or
-    ``raw``.
+    percentage), ``ci`` (``column`` is a triple: value, low, high → ``41.0 [34.9, 47.4]``),
+    ``dpct`` (a difference of fractions in points, signed), ``arrow`` or ``raw``.
     """
     headers = [_escape_pipes(h) for h in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -93,13 +118,22 @@ def to_markdown(df: pl.DataFrame, columns: dict[str, tuple[str, str | tuple[str,
         for kind, col in columns.values():
             if kind == "arrow":
                 cells.append(f"{row[col[0]]} → {row[col[1]]}")
+            elif kind == "kl":
+                a, b = (row[c] for c in col)
+                cells.append(f"{_fmt(a, 'kl')} / {_fmt(b, 'kl')}")
+            elif kind == "arrow_pct":
+                cells.append(f"{_fmt(row[col[0]], 'pct')} → {_fmt(row[col[1]], 'pct')}")
             elif kind == "ci":
                 v, lo, hi = (row[c] for c in col)
                 cells.append("–" if v is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]")
+            elif kind == "dpct":
+                v = row[col]
+                cells.append("–" if v is None else f"{100 * v:+.1f}")
             else:
                 cells.append(_fmt(row[col], kind))
         lines.append("| " + " | ".join(_escape_pipes(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + footnote.strip() + "\n" if footnote else "")
 
 
 def _escape_pipes(text: str) -> str:
@@ -111,57 +145,193 @@ TRAJECTORY_MARKDOWN = {
     "model": ("raw", "model"),
     "step": ("raw", "step"),
     "ID acc % [95% CI]": ("ci", ("id_accuracy", "id_ci_low", "id_ci_high")),
+    "ID 1st attempt %": ("pct", "id_first_accuracy"),
     "OOD acc % [95% CI]": ("ci", ("ood_accuracy", "ood_ci_low", "ood_ci_high")),
+    "OOD 1st attempt % [95% CI]": ("ci", ("ood_first_accuracy", "ood_first_ci_low", "ood_first_ci_high")),
+    "OOD solved on turn 1 / 2 / … %": ("raw", "ood_solved_by_turn"),
+    "ID format errors %": ("pct", "id_format_error"),
     "ID numbers-correct %": ("pct", "id_numbers_correct"),
     "OOD numbers-correct %": ("pct", "ood_numbers_correct"),
+    "OOD extra 10 %": ("pct", "ood_extra_ten"),
     "OOD held-out acc %": ("pct", "ood_heldout_accuracy"),
 }
+TRAJECTORY_FOOTNOTE = (
+    "Accuracy = hands solved within all the attempts (the study's metric); 1st attempt = solved by the "
+    "first answer; solved on turn t = share of hands first solved by the t-th answer, after t − 1 "
+    "verifier feedback turns. Numbers-correct, format errors and extra 10 describe the first answer; "
+    "extra 10 = the answer uses 10 more often than the hand holds a 10 (the ID rule's J/Q/K = 10 applied "
+    "to an OOD hand whose prompt says 11, 12, 13)."
+)
+RECOVERY_FOOTNOTE = (
+    "Recovery % = (X − start) / (reference − start). – : undefined, because the reference is not above "
+    "the start by more than their 95% intervals (the reference's lower bound ≤ the start, or the start's "
+    "upper bound ≥ the reference), so the ratio would divide by a gap that is negative or noise."
+)
 
 
-def recovery(value, start, reference):
+def recovery(value, start, reference, start_high=None, reference_low=None):
     """The study's recovery %: how much of the gap from ``start`` to ``reference`` ``value`` closes.
 
-    (value − start) / (reference − start) × 100; None where the gap is zero (start = reference).
+    (value − start) / (reference − start) × 100. None where the gap is not clearly positive: the
+    reference is not above the start, or (given the 95% bounds ``start_high`` and
+    ``reference_low``) each lies within the other's interval (:data:`RECOVERY_FOOTNOTE`).
     """
-    if value is None or start is None or reference is None or reference == start:
+    if value is None or start is None or reference is None or reference <= start:
+        return None
+    if start_high is not None and reference_low is not None and (reference_low <= start or start_high >= reference):
         return None
     return 100.0 * (value - start) / (reference - start)
 
 
 def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
-    """For each SFT checkpoint RL started from: its SFT and RL accuracy (ID and OOD) and the
-    recovery % = (RL OOD − SFT OOD) / (peak SFT OOD − SFT OOD) (PAPER.md §1), where the peak is the
-    highest OOD accuracy over the SFT checkpoints in ``summaries``."""
+    """For each SFT checkpoint RL started from: its SFT and RL accuracy (ID and OOD; all attempts
+    and the first attempt), the change RL made (``delta_*``, RL − SFT), the RL model's solve rate
+    by turn, and the recovery % = (RL OOD − SFT OOD) / (peak SFT OOD − SFT OOD) (null where the gap
+    is not clearly positive, :func:`recovery`), where the peak is the highest OOD accuracy over the
+    SFT checkpoints in ``summaries``."""
     wide = wide_by_split(summaries)
-    kind = pl.col("model").str.extract(r"^(sft|ppo)-\d+$", 1)
+    kind = pl.col("model").str.extract(r"^(sft|ppo|grpo)-\d+$", 1)
     wide = wide.with_columns(kind.alias("kind"), pl.col("model").str.extract(r"-(\d+)$", 1).cast(pl.Int64).alias("step"))
     if wide["kind"].is_null().any():
         bad = wide.filter(pl.col("kind").is_null())["model"].to_list()
-        raise ValueError(f"rl_recovery takes sft-<step> and ppo-<step> summaries; got {bad}")
-    peak = wide.filter(pl.col("kind") == "sft")["ood_accuracy"].max()
-    cols = ["accuracy", "ci_low", "ci_high"]
-    sft = wide.filter(pl.col("kind") == "sft").select(
-        "step", *[pl.col(f"{sp}_{c}").alias(f"sft_{sp}_{c}") for sp in ("id", "ood") for c in cols]
-    )
-    rl = wide.filter(pl.col("kind") == "ppo").select(
-        "step", *[pl.col(f"{sp}_{c}").alias(f"rl_{sp}_{c}") for sp in ("id", "ood") for c in cols]
-    )
+        raise ValueError(f"rl_recovery takes sft-<step> and ppo-<step> (or grpo-<step>) summaries; got {bad}")
+    sft_rows = wide.filter(pl.col("kind") == "sft").sort(["ood_accuracy", "step"], descending=[True, False])
+    peak = sft_rows.row(0, named=True) if sft_rows.height else None
+    cols = ["accuracy", "ci_low", "ci_high", "first_accuracy", "first_ci_low", "first_ci_high"]
+
+    def side(name: str, which):
+        return wide.filter(which).select(
+            "step",
+            *[pl.col(f"{sp}_{c}").alias(f"{name}_{sp}_{c}") for sp in ("id", "ood") for c in cols],
+            *[pl.col(f"{sp}_solved_by_turn").alias(f"{name}_{sp}_solved_by_turn") for sp in ("id", "ood")],
+        )
+
+    rl = side("rl", pl.col("kind") != "sft")
+    sft = side("sft", pl.col("kind") == "sft")
     out = rl.join(sft, on="step", how="left").sort("step")
-    rec = [recovery(r, s_, peak) for r, s_ in zip(out["rl_ood_accuracy"], out["sft_ood_accuracy"], strict=True)]
+    out = out.with_columns(
+        *[(pl.col(f"rl_{sp}_accuracy") - pl.col(f"sft_{sp}_accuracy")).alias(f"delta_{sp}") for sp in ("id", "ood")],
+        *[(pl.col(f"rl_{sp}_first_accuracy") - pl.col(f"sft_{sp}_first_accuracy")).alias(f"delta_{sp}_first") for sp in ("id", "ood")],
+    )
+    rec = [
+        recovery(r, s_, peak["ood_accuracy"], s_hi, peak["ood_ci_low"]) if peak else None
+        for r, s_, s_hi in zip(out["rl_ood_accuracy"], out["sft_ood_accuracy"], out["sft_ood_ci_high"], strict=True)
+    ]
     return out.with_columns(
-        pl.lit(peak, dtype=pl.Float64).alias("peak_sft_ood"), pl.Series("recovery_pct", rec, dtype=pl.Float64)
+        pl.lit(peak["model"] if peak else None, dtype=pl.String).alias("peak_sft_model"),
+        pl.lit(peak["ood_accuracy"] if peak else None, dtype=pl.Float64).alias("peak_sft_ood"),
+        pl.Series("recovery_pct", rec, dtype=pl.Float64),
     ).select("step", pl.exclude("step"))
 
 
 RL_RECOVERY_MARKDOWN = {
     "from SFT step": ("raw", "step"),
     "SFT ID %": ("ci", ("sft_id_accuracy", "sft_id_ci_low", "sft_id_ci_high")),
-    "SFT OOD %": ("ci", ("sft_ood_accuracy", "sft_ood_ci_low", "sft_ood_ci_high")),
     "RL ID %": ("ci", ("rl_id_accuracy", "rl_id_ci_low", "rl_id_ci_high")),
+    "ΔID": ("dpct", "delta_id"),
+    "SFT OOD %": ("ci", ("sft_ood_accuracy", "sft_ood_ci_low", "sft_ood_ci_high")),
     "RL OOD %": ("ci", ("rl_ood_accuracy", "rl_ood_ci_low", "rl_ood_ci_high")),
+    "ΔOOD": ("dpct", "delta_ood"),
+    "SFT → RL OOD 1st attempt %": ("arrow_pct", ("sft_ood_first_accuracy", "rl_ood_first_accuracy")),
+    "RL OOD solved on turn 1 / 2 / … %": ("raw", "rl_ood_solved_by_turn"),
     "peak SFT OOD %": ("pct", "peak_sft_ood"),
     "recovery %": ("raw1", "recovery_pct"),
 }
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a PPO/GRPO ``metrics.jsonl`` (one per update)."""
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def training_summary(rows: list[dict], window: int = 3) -> dict:
+    """What an RL run did to its own objective: mean success rate of the first and the last
+    ``window`` updates, mean and largest approx-KL, mean epochs run (``target_kl`` stops early)
+    and the entropy of the sampled responses at the start and the end."""
+
+    def mean(values):
+        values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        return sum(values) / len(values) if values else None
+
+    def col(name, part=None):
+        picked = rows if part is None else part
+        return [r.get(name) for r in picked]
+
+    first, last = rows[:window], rows[-window:]
+    return {
+        "updates": len(rows),
+        "success_first": mean(col("charts/success_rate", first)),
+        "success_last": mean(col("charts/success_rate", last)),
+        "approx_kl_mean": mean(col("losses/approx_kl")),
+        "approx_kl_max": max((v for v in col("losses/approx_kl") if v is not None), default=None),
+        "epochs_mean": mean(col("losses/epochs")),
+        "entropy_first": mean(col("charts/entropy", first)),
+        "entropy_last": mean(col("charts/entropy", last)),
+    }
+
+
+def rl_sweep(summaries: pl.DataFrame, metrics: dict[str, list[dict]], variants: dict[str, dict]) -> pl.DataFrame:
+    """One row per RL run of the sweep: its settings (the variant's overrides; ``default`` = the
+    study's RL settings), what it did to its training objective (:func:`training_summary`) and
+    to ID/OOD accuracy (the start's and the result's, with the change). ``learns``: the mean
+    success rate of the last 3 updates is above that of the first 3; ``id_kept``: ID accuracy
+    after RL is not below the start's 95% interval. Rows by variant (default first), then step."""
+    wide = {r["model"]: r for r in wide_by_split(summaries).iter_rows(named=True)}
+    rows = []
+    for model, history in metrics.items():
+        m = re.fullmatch(r"(?:ppo|grpo)-(\d+)(?:-(.+))?", model)
+        if not m:
+            raise ValueError(f"rl_sweep: not an RL model name: {model!r}")
+        step, variant = int(m.group(1)), m.group(2) or "default"
+        start, end = wide.get(f"sft-{step}"), wide.get(model)
+        if start is None or end is None:
+            raise ValueError(f"rl_sweep: no evaluation summary of {model if end is None else f'sft-{step}'}")
+        train = training_summary(history)
+        overrides = variants.get(variant, {})
+        row = {
+            "variant": variant,
+            "settings": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(the study's rl: settings)",
+            "step": step,
+            **train,
+            "learns": train["success_last"] is not None and train["success_last"] > train["success_first"],
+        }
+        for split in ("id", "ood"):
+            for c in ("accuracy", "ci_low", "ci_high", "first_accuracy"):
+                row[f"rl_{split}_{c}"] = end[f"{split}_{c}"]
+            row[f"sft_{split}_accuracy"] = start[f"{split}_accuracy"]
+            row[f"sft_{split}_first_accuracy"] = start[f"{split}_first_accuracy"]
+            row[f"delta_{split}"] = end[f"{split}_accuracy"] - start[f"{split}_accuracy"]
+        row["id_kept"] = end["id_accuracy"] >= start["id_ci_low"]
+        rows.append(row)
+    order = {"default": -1, **{v: i for i, v in enumerate(variants)}}
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    if df.is_empty():
+        return df
+    return df.with_columns(pl.col("variant").replace_strict(order, return_dtype=pl.Int64).alias("_v")).sort("_v", "step").drop("_v")
+
+
+RL_SWEEP_MARKDOWN = {
+    "variant": ("raw", "variant"),
+    "settings": ("raw", "settings"),
+    "from SFT step": ("raw", "step"),
+    "train success first 3 → last 3 %": ("arrow_pct", ("success_first", "success_last")),
+    "approx-KL mean / max": ("kl", ("approx_kl_mean", "approx_kl_max")),
+    "epochs": ("raw", "epochs_mean"),
+    "SFT → RL ID %": ("arrow_pct", ("sft_id_accuracy", "rl_id_accuracy")),
+    "ΔID": ("dpct", "delta_id"),
+    "SFT → RL OOD %": ("arrow_pct", ("sft_ood_accuracy", "rl_ood_accuracy")),
+    "ΔOOD": ("dpct", "delta_ood"),
+    "RL OOD % [95% CI]": ("ci", ("rl_ood_accuracy", "rl_ood_ci_low", "rl_ood_ci_high")),
+    "learns": ("yesno", "learns"),
+    "ID kept": ("yesno", "id_kept"),
+}
+RL_SWEEP_FOOTNOTE = (
+    "Train success = share of training episodes solved, mean of the first and of the last 3 updates; "
+    "approx-KL = k3 estimate of KL(old ‖ new) per update (mean over its minibatches); epochs = mean PPO "
+    "epochs per update (fewer than ppo_epochs when target_kl stopped an update). learns: the last 3 "
+    "updates solve more than the first 3; ID kept: RL's ID accuracy is not below the start's 95% interval."
+)
 
 
 def peak_ood(summaries: pl.DataFrame) -> dict:
@@ -231,7 +401,13 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
                 row[f"{split}_{c}"] = edit[f"{split}_{c}"]
             row[f"donor_{split}"] = donor[f"{split}_accuracy"]
             row[f"target_{split}"] = target[f"{split}_accuracy"]
-            row[f"recovery_{split}_pct"] = recovery(edit[f"{split}_accuracy"], target[f"{split}_accuracy"], donor[f"{split}_accuracy"])
+            row[f"recovery_{split}_pct"] = recovery(
+                edit[f"{split}_accuracy"],
+                target[f"{split}_accuracy"],
+                donor[f"{split}_accuracy"],
+                target[f"{split}_ci_high"],
+                donor[f"{split}_ci_low"],
+            )
         rows.append(row)
     schema = {
         "name": pl.String, "method": pl.String, "donor": pl.String, "target": pl.String, "top": pl.Float64,
@@ -348,11 +524,13 @@ SPECTRUM_MARKDOWN = {
 }
 
 
-def write_table(df: pl.DataFrame, csv: str | os.PathLike, md: str | os.PathLike, markdown_columns: dict) -> None:
-    """CSV with every column (full precision) and a Markdown view; both atomic."""
+def write_table(
+    df: pl.DataFrame, csv: str | os.PathLike, md: str | os.PathLike, markdown_columns: dict, footnote: str | None = None
+) -> None:
+    """CSV with every column (full precision) and a Markdown view (with ``footnote``); both atomic."""
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     write_text(df.write_csv(), csv)
-    write_text(to_markdown(df, markdown_columns), md)
+    write_text(to_markdown(df, markdown_columns, footnote), md)
 
 
 # --- stage table (PAPER.md §5.1) ---------------------------------------------------------------
@@ -383,7 +561,13 @@ def stage_table(summaries: pl.DataFrame, premax: str, moderate: str, rl: str) ->
                 row[f"{split}_{c}"] = acc[model][f"{split}_{c}"]
         for split in ("id", "ood"):
             row[f"recovery_{split}_pct"] = (
-                recovery(acc[rl][f"{split}_accuracy"], acc[moderate][f"{split}_accuracy"], acc[premax][f"{split}_accuracy"])
+                recovery(
+                    acc[rl][f"{split}_accuracy"],
+                    acc[moderate][f"{split}_accuracy"],
+                    acc[premax][f"{split}_accuracy"],
+                    acc[moderate][f"{split}_ci_high"],
+                    acc[premax][f"{split}_ci_low"],
+                )
                 if stage == "RL"
                 else None
             )
@@ -491,8 +675,9 @@ def write_csv(df: pl.DataFrame, csv: str | os.PathLike) -> None:
 
 
 def parse_markdown_table(text: str, source: str | os.PathLike = "<text>") -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of a pipe table as `to_markdown` writes it; ValueError naming ``source``."""
-    lines = [line.strip() for line in text.strip().splitlines()]
+    """(headers, rows) of a pipe table as `to_markdown` writes it (a footnote after a blank line is
+    not part of it); ValueError naming ``source``."""
+    lines = [line.strip() for line in text.strip().split("\n\n", 1)[0].splitlines()]
     if len(lines) < 2 or not lines[0].startswith("|") or not set(lines[1]) <= set("|-: "):
         raise ValueError(f"{source}: not a Markdown pipe table (header line, then a |---| line)")
 
@@ -529,6 +714,7 @@ def report_table_html(markdown: str, title: str, caption: str = "", source: str 
     import html
 
     headers, rows = parse_markdown_table(markdown, source)
+    note = markdown.strip().split("\n\n", 1)[1].strip() if "\n\n" in markdown.strip() else ""
     numeric = re.compile(r"^[–\-+0-9.,\[\] e]+$")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "\n".join(
@@ -540,5 +726,6 @@ def report_table_html(markdown: str, title: str, caption: str = "", source: str 
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{REPORT_TABLE_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{cap}\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
-        "</body>\n</html>\n"
+        + (f'<p class="caption">{html.escape(note)}</p>\n' if note else "")
+        + "</body>\n</html>\n"
     )
