@@ -1,6 +1,7 @@
 """Config validation: the default config and the schema agree; bad keys fail with their name."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,21 @@ def test_load_rejects_non_mapping(tmp_path: Path):
     p.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load(p)
+
+
+def test_rl_sweep_variants_are_checked_like_rl():
+    from sftrl.config import sweep_variants
+
+    cfg = default_config()
+    assert sweep_variants(cfg)["lr1e-4"] == {"lr": 1.0e-4, "lr_min": 1.0e-5}
+    for variants, key in [
+        ([{"name": "a", "lr": -1.0}], "rl_sweep.variants.a"),  # PPOConfig's own check
+        ([{"name": "a", "from": [5]}], "rl_sweep.variants.a"),  # not an RL setting
+        ([{"name": "a"}, {"name": "a", "turns": 1}], "rl_sweep.variants"),  # one name, two runs
+        ([{"name": "../x"}], "rl_sweep.variants[0].name"),
+    ]:
+        bad = {**cfg, "rl_sweep": {"from": [50], "variants": variants}}
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            validate(bad)
+    with pytest.raises(ConfigError, match=r"rl_sweep.from: steps \[7\]"):
+        validate({**cfg, "rl_sweep": {"from": [7], "variants": []}})

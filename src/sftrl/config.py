@@ -407,6 +407,10 @@ def _cross_checks(cfg: dict) -> list[str]:
         unknown = sorted(set(sweep["from"]) - set(sft["checkpoints"]))
         if unknown:
             problems.append(f"rl_sweep.from: steps {unknown} are not in sft.checkpoints {sorted(sft['checkpoints'])}")
+        names = [v["name"] for v in sweep["variants"]]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(f"rl_sweep.variants: the names {twice} are given more than once; each names its own runs")
         if rl:
             from sftrl.ppo import PPOConfig
 
