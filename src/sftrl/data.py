@@ -137,7 +137,7 @@ def _pretrain_rule(rng: random.Random) -> tuple[int, int, int]:
 WRONG_ATTEMPTS = {1: 0.60, 2: 0.24, 3: 0.16}
 
 
-def wrong_attempt(rng: random.Random, cards, rule, numbers: list[int], solutions: list[str]) -> str:
+def wrong_attempt(rng: random.Random, cards, numbers: list[int], solutions: list[str]) -> str:
     """A plausible wrong answer to a hand, never a correct one.
 
     Mostly the mistake SFT on the ID rule teaches: the hand solved with other J/Q/K values (10
@@ -202,15 +202,15 @@ def make_pretrain(
     rng = random.Random(seed + 1)  # a stream of its own: the hands are those of the plain data
     open_, close = COMPACT_WRAP
     prompts, completions = [], []
-    for cards, rule, numbers, prompt, completion in zip(
-        df["cards"].to_list(), df["face_values"].to_list(), df["numbers"].to_list(), df["prompt"], df["completion"]
+    for cards, numbers, prompt, completion in zip(
+        df["cards"].to_list(), df["numbers"].to_list(), df["prompt"], df["completion"], strict=True
     ):
         wrap = (lambda text: open_ + text + close) if rng.random() < wrapped_fraction else (lambda text: text)
         if rng.random() < feedback_fraction:
             solutions = solve(numbers)
             k = rng.choices(list(WRONG_ATTEMPTS), weights=list(WRONG_ATTEMPTS.values()))[0]
             for _ in range(k):
-                text = wrap(wrong_attempt(rng, cards, tuple(rule), numbers, solutions))
+                text = wrap(wrong_attempt(rng, cards, numbers, solutions))
                 prompt += text + tpl.feedback(check_formula(tpl.extract(text), numbers))
         completion = wrap(completion)
         prompts.append(prompt)

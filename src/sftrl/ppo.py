@@ -637,8 +637,6 @@ def train_ppo(
             # the rows up to the state (the metrics file is an output: a rerun may have removed it)
             shutil.copyfile(state_dir / "metrics.jsonl", metrics_path)
         _truncate_metrics(metrics_path, start)
-        if start == 0:
-            metrics_path.write_text("")
 
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
     pad_id = tokenizer.pad_token_id
