@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from sftrl.config import ConfigError, sweep_variants, validate
+from sftrl.config import ConfigError, band_name, sweep_variants, validate
 
 try:
     # the files too: a key given twice in one of them is lost in `config`
@@ -174,20 +174,15 @@ def target_model():
     return f"sft-{SFT_STEPS[-1]}" if target == "last" else target
 
 
-def band_param(top, bottom):
-    """`top0.2`, `top0.1-bottom0.1`: the name part of a spectral edit's fractions."""
-    return f"top{top:g}" + (f"-bottom{bottom:g}" if bottom else "")
-
-
 def edit_models():
     """Every edited model of the config's sweeps (names as in DESIGN.md)."""
     e = config.get("edits")
     if not e:
         return []
     pair = f"{donor_model()}-into-{target_model()}"
-    names = [f"uvmerge-{pair}-{band_param(t, b)}" for t, b in e["uv_merge"]]
-    names += [f"sigmaswap-{pair}-{band_param(t, b)}" for t, b in e["sigma_swap"]]
-    names += [f"tripletswap-{pair}-{band_param(t, b)}" for t, b in e["triplet_swap"]]
+    names = [f"uvmerge-{pair}-{band_name(t, b)}" for t, b in e["uv_merge"]]
+    names += [f"sigmaswap-{pair}-{band_name(t, b)}" for t, b in e["sigma_swap"]]
+    names += [f"tripletswap-{pair}-{band_name(t, b)}" for t, b in e["triplet_swap"]]
     names += [f"layerreset-{pair}-layers{spec}" for spec in e["layer_reset"]]
     if e["reverse"]:
         names += [f"uvmerge-sft-{s}-into-ppo-{s}-top1" for s in rl_steps()]

@@ -16,29 +16,24 @@ rule rl:
     resources:
         **res("rl"),
     params:
-        rl=rl_hparams(),
+        rl=rl_hparams,
         distributed=distributed(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-        work=lambda wc: R(f"train/ppo-{wc.step}"),
+        work=lambda wc: R("train/ppo-" + "-".join(wc)),  # ppo-<step>[-<variant>]
     script:
         "../scripts/rl.py"
 
 
 # The RL sweep (`snakemake rl_sweep`, not part of `all`): the same RL from the same checkpoints
 # with other settings (`rl_sweep.variants`), to choose the study's RL settings by measurement.
+# Its params are rl's: rl_hparams adds the variant's overrides, the work directory follows the output.
 use rule rl as rl_variant with:
     output:
         model=directory(R("models/ppo-{step}-{variant}")),
         metrics=R("logs/ppo-{step}-{variant}/metrics.jsonl"),
     log:
         R("logs/rl/ppo-{step}-{variant}.log"),
-    params:
-        rl=rl_hparams,
-        distributed=distributed(),
-        template=config["model"]["template"],
-        dtype=config["model"]["dtype"],
-        work=lambda wc: R(f"train/ppo-{wc.step}-{wc.variant}"),
 
 
 rule table_rl_sweep:

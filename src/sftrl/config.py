@@ -395,14 +395,18 @@ def _cross_checks(cfg: dict) -> list[str]:
         unknown = sorted(set(rl["from"]) - set(sft["checkpoints"]))
         if unknown:
             problems.append(f"rl.from: steps {unknown} are not in sft.checkpoints {sorted(sft['checkpoints'])}")
+    sweep = cfg.get("rl_sweep")
     if rl:
         from sftrl.ppo import PPOConfig
 
-        try:
-            PPOConfig.from_dict({k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")})
-        except ValueError as err:
-            problems.append(f"rl: {err}")
-    sweep = cfg.get("rl_sweep")
+        # rl: itself, then each sweep variant's overrides on top of it
+        base = {k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")}
+        runs = {"rl": {}} | {f"rl_sweep.variants.{n}": o for n, o in sweep_variants(cfg).items()}
+        for key, overrides in runs.items():
+            try:
+                PPOConfig.from_dict({**base, **overrides})
+            except ValueError as err:
+                problems.append(f"{key}: {err}")
     if sweep:
         unknown = sorted(set(sweep["from"]) - set(sft["checkpoints"]))
         if unknown:
@@ -411,15 +415,6 @@ def _cross_checks(cfg: dict) -> list[str]:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             problems.append(f"rl_sweep.variants: the names {twice} are given more than once; each names its own runs")
-        if rl:
-            from sftrl.ppo import PPOConfig
-
-            base = {k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")}
-            for name, overrides in sweep_variants(cfg).items():
-                try:
-                    PPOConfig.from_dict({**base, **overrides})
-                except ValueError as err:
-                    problems.append(f"rl_sweep.variants.{name}: {err}")
     return problems
 
 
@@ -477,7 +472,8 @@ def layer_reset_problems(specs: list[str], depth: int | None, key: str = "edits.
 
 
 def band_name(top: float, bottom: float) -> str:
-    """The name part of a spectral edit, as rules/common.smk builds it: ``top0.2-bottom0.1``."""
+    """The name part of a spectral edit's fractions (the workflow's edited-model names use it):
+    ``top0.2``, ``top0.1-bottom0.1``."""
     return f"top{top:g}" + (f"-bottom{bottom:g}" if bottom else "")
 
 

@@ -136,7 +136,7 @@ def summarise(records: pl.DataFrame, turns: int | None = None) -> dict:
     n = records.height
     solved = int(records["solved"].sum())
     lo, hi = wilson_interval(solved, n)
-    turns = turns or max(records["turns"].max() or 1, 1)
+    turns = turns or records["turns"].max() or 1
     first_solved = [next((t for t, st in enumerate(sts) if st == "correct"), None) for sts in records["statuses"]]
     by_turn = [sum(1 for f in first_solved if f == t) for t in range(turns)]
     first_lo, first_hi = wilson_interval(by_turn[0], n)

@@ -463,17 +463,19 @@ def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig, c
 
 
 @torch.no_grad()
-def score(model: ActorCritic, pairs, pad_id: int, cfg: PPOConfig, device) -> tuple[torch.Tensor, ...]:
-    """Log-probs, values and entropies (summed over each response's tokens) of every action, in
-    micro-batches (no gradients)."""
+def score(
+    model: ActorCritic, pairs, pad_id: int, cfg: PPOConfig, device, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-probs, values and (``with_entropy``) entropies summed over each response's tokens of
+    every action, in micro-batches (no gradients); the entropies are None without it."""
     logps, values, entropies = [], [], []
     for start in range(0, len(pairs), cfg.micro_batch_size):
         batch = {k: v.to(device) for k, v in collate(pairs[start : start + cfg.micro_batch_size], pad_id).items()}
-        logp, value, entropy = model(**batch, temperature=cfg.temperature, with_entropy=True)
+        logp, value, *entropy = model(**batch, temperature=cfg.temperature, with_entropy=with_entropy)
         logps.append(logp.float().cpu())
         values.append(value.float().cpu())
-        entropies.append(entropy.float().cpu())
-    return torch.cat(logps), torch.cat(values), torch.cat(entropies)
+        entropies += [e.float().cpu() for e in entropy]
+    return torch.cat(logps), torch.cat(values), torch.cat(entropies) if with_entropy else None
 
 
 def length_bucketed_order(lengths: torch.Tensor, n_minibatches: int, minibatch_size: int) -> torch.Tensor:
@@ -658,7 +660,7 @@ def train_ppo(
             ro = play(sampler, _update_hands(rl_hands, order, update, cfg, rank, world), template, cfg, check)
             old_logp, old_value, entropy = score(actor_critic, ro.pairs, pad_id, cfg, accelerator.device)  # (N,) each
             if reference is not None:
-                ref_logp, _, _ = score(reference, ro.pairs, pad_id, cfg, accelerator.device)
+                ref_logp, _, _ = score(reference, ro.pairs, pad_id, cfg, accelerator.device, with_entropy=False)
         reward = ro.reward
         if reference is not None:
             kl_ref = kl_estimate(old_logp, ref_logp, "k1")  # log pi(a|s) - log pi_ref(a|s), per action
@@ -678,9 +680,7 @@ def train_ppo(
         lengths = torch.tensor([len(c) + len(r) for c, r in ro.pairs])
         lr = scheduler.get_last_lr()[0]
         losses = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
-        epochs = 0
-        for _epoch in range(cfg.ppo_epochs):
-            epochs += 1
+        for epochs in range(1, cfg.ppo_epochs + 1):  # after the loop: the epochs run
             epoch_start = len(losses["approx_kl"])
             perm = length_bucketed_order(lengths, n_minibatches, cfg.minibatch_size)
             for first in range(0, n_minibatches * cfg.minibatch_size, cfg.micro_batch_size):
