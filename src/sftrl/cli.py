@@ -6,6 +6,7 @@ Hugging Face checkpoints, outside the workflow.
     sftrl edit layer-reset --donor DIR --target DIR --layers 0-3 [--no-embeddings] --out DIR
     sftrl spectrum DIR_A DIR_B --out FILE.parquet [--types q,k,v,o,gate,up,down] [--k-frac F | --k N] [--band F]
     sftrl evaluate DIR [--template compact|paper] [--splits id,ood] [--hands 234] [--turns 1] [--out DIR]
+    sftrl chat-model DIR [--seed 0]   (the rehearsal's small Qwen2-style chat model, built here)
 
 Every argument is checked before anything is loaded: numbers against their ranges, the device,
 the input checkpoints (their headers), and the outputs (not an existing directory or a dangling
@@ -200,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_integer(1, MAX_BATCH), default=256)
     evaluate.add_argument("--arithmetic", choices=("exact", "float"), default="exact")
     evaluate.add_argument("--out", help="directory for <split>.parquet and <split>.json (optional)")
+
+    chat = commands.add_parser(
+        "chat-model",
+        help="build the rehearsal's small chat model (Qwen2 architecture, BPE tokenizer, chat template)",
+    )
+    chat.add_argument("out", help="output checkpoint directory (must not exist), e.g. results/rehearsal-model")
+    chat.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the weights and corpus")
     return parser
 
 
@@ -328,7 +336,15 @@ def _run_evaluate(args) -> None:
             write_text(json.dumps(json.loads(line), indent=2) + "\n", out / f"{split}.json")
 
 
-HANDLERS = {"edit": _run_edit, "spectrum": _run_spectrum, "evaluate": _run_evaluate}
+def _run_chat_model(args) -> None:
+    from sftrl.chatmodel import build_chat_model
+
+    out = Path(args.out)
+    _new_directory(out, "DIR", [])
+    build_chat_model(out, seed=args.seed)
+
+
+HANDLERS = {"edit": _run_edit, "spectrum": _run_spectrum, "evaluate": _run_evaluate, "chat-model": _run_chat_model}
 
 
 def _one_line(text: str) -> str:
