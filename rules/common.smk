@@ -6,8 +6,21 @@ import re
 import sys
 from pathlib import Path
 
-from sftrl.config import ConfigError, band_name, sweep_variants, validate
+from sftrl.config import (
+    ConfigError,
+    band_name,
+    format_layers,
+    layer_range,
+    layers_name,
+    model_depth,
+    replace_resource_groups,
+    strip_tiny_only,
+    sweep_variants,
+    validate,
+)
 
+# A resource group a study file sets replaces config.yaml's group whole (Snakemake merges key by key).
+replace_resource_groups(config, workflow.config_settings.overwrite_config)
 try:
     # the files too: a key given twice in one of them is lost in `config`
     validate(
@@ -17,6 +30,8 @@ try:
     )
 except ConfigError as err:
     sys.exit(f"sftrl: {err}")
+# A study of local weights never sees the tiny study's keys (config.yaml is always read first).
+strip_tiny_only(config)
 
 # envs/*.post-deploy.sh install this package into the rule environments (--sdm conda) from here.
 os.environ.update(SFTRL_ROOT=workflow.basedir)
@@ -41,19 +56,21 @@ STUDY = config["study"]
 SPLITS = ["id", "ood"]
 SFT_STEPS = sorted(config["sft"]["checkpoints"])
 TINY = config["model"]["source"] == "tiny"
+RL_ALGORITHM = config["rl"]["algorithm"]  # names the RL models: ppo-<step> or grpo-<step>
+DEPTH = model_depth(config)  # decoder layers (model.path is checked above when local)
 
 
 wildcard_constraints:
     step=r"\d+",
     split="id|ood",
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-    a=r"base|sft-\d+|ppo-\d+",
-    b=r"base|sft-\d+|ppo-\d+",
-    donor=r"base|sft-\d+|ppo-\d+",
-    target=r"base|sft-\d+|ppo-\d+",
+    a=r"base|sft-\d+|(?:ppo|grpo)-\d+",
+    b=r"base|sft-\d+|(?:ppo|grpo)-\d+",
+    donor=r"base|sft-\d+|(?:ppo|grpo)-\d+",
+    target=r"base|sft-\d+|(?:ppo|grpo)-\d+",
     method="uvmerge|sigmaswap|tripletswap|layerreset",
     variant="|".join(map(re.escape, sweep_variants(config))) or "(?!)",
-    param=r"top[0-9.]+(-bottom[0-9.]+)?|layers[0-9]+(-[0-9]+)?",
+    param=r"top[0-9.]+(-bottom[0-9.]+)?|layers[0-9.]+-[0-9.]+",
 
 
 def R(path):
@@ -107,13 +124,14 @@ def rl_steps():
 
 
 def rl_models():
-    return [f"ppo-{s}" for s in rl_steps()]
+    return [f"{RL_ALGORITHM}-{s}" for s in rl_steps()]
 
 
 def rl_hparams(wildcards=None):
     """The RL settings a run depends on (`rl.from` only chooses which runs exist); a sweep
     variant's overrides (`rl_sweep.variants`, by name) on top."""
     hp = {k: v for k, v in config["rl"].items() if k != "from"}
+    hp["arithmetic"] = config["eval"]["arithmetic"]  # the verifier scores RL as it scores evaluation
     if wildcards is not None and "variant" in wildcards.keys():
         hp |= RL_VARIANTS[wildcards.variant]
     return hp
@@ -124,10 +142,11 @@ RL_VARIANTS = sweep_variants(config)  # name -> overrides of rl:
 
 
 def rl_sweep_models():
-    """The runs of the RL sweep (`snakemake rl_sweep`): ppo-<step>-<variant>, plus the default
-    runs from the same steps (the sweep table's `default` rows)."""
-    runs = [f"ppo-{s}-{v}" for v in RL_VARIANTS for s in sorted(RL_SWEEP["from"])]
-    return [f"ppo-{s}" for s in sorted(RL_SWEEP["from"]) if s in rl_steps()] + runs
+    """The runs of the RL sweep (`snakemake rl_sweep`): <algorithm>-<step>-<variant>, plus the
+    default runs from the same steps (the sweep table's `default` rows)."""
+    steps = sorted(RL_SWEEP["from"])
+    runs = [f"{RL_ALGORITHM}-{s}-{v}" for v in RL_VARIANTS for s in steps]
+    return [f"{RL_ALGORITHM}-{s}" for s in steps if s in rl_steps()] + runs
 
 
 def trajectory_models():
@@ -183,9 +202,9 @@ def edit_models():
     names = [f"uvmerge-{pair}-{band_name(t, b)}" for t, b in e["uv_merge"]]
     names += [f"sigmaswap-{pair}-{band_name(t, b)}" for t, b in e["sigma_swap"]]
     names += [f"tripletswap-{pair}-{band_name(t, b)}" for t, b in e["triplet_swap"]]
-    names += [f"layerreset-{pair}-layers{spec}" for spec in e["layer_reset"]]
+    names += [f"layerreset-{pair}-{layers_name(lo, hi)}" for lo, hi in e["layer_reset"]]
     if e["reverse"]:
-        names += [f"uvmerge-sft-{s}-into-ppo-{s}-top1" for s in rl_steps()]
+        names += [f"uvmerge-sft-{s}-into-{RL_ALGORITHM}-{s}-top1" for s in rl_steps()]
     return names
 
 
@@ -199,7 +218,7 @@ def spectrum_pairs():
         peak = peak_model()
         pairs += [(peak, f"sft-{s}") for s in SFT_STEPS if s > int(peak.split("-")[1])]
     if "sft-to-rl" in kinds:
-        pairs += [(f"sft-{s}", f"ppo-{s}") for s in rl_steps()]
+        pairs += [(f"sft-{s}", f"{RL_ALGORITHM}-{s}") for s in rl_steps()]
     return pairs
 
 
@@ -239,6 +258,14 @@ def edit_inputs(wildcards):
             "svd_donor": R(f"svd/{wildcards.donor}.safetensors"),
         }
     return inputs
+
+
+def reset_layers():
+    """Layer-reset name part (``layers0-0.25``) -> the decoder layers it resets in this model."""
+    return {
+        layers_name(lo, hi): layer_range(lo, hi, DEPTH)
+        for lo, hi in config["edits"]["layer_reset"]
+    }
 
 
 def edited(path):
@@ -291,7 +318,7 @@ def moderate_model():
 
 
 def moderate_rl_model():
-    return moderate_model().replace("sft-", "ppo-")
+    return moderate_model().replace("sft-", f"{RL_ALGORITHM}-")
 
 
 def stage_inputs(wildcards):

@@ -16,6 +16,7 @@ rule edit:
     params:
         types=config["edits"]["types"],
         embeddings=config["edits"]["layer_reset_embeddings"],
+        layers=lambda wc: reset_layers().get(wc.param),  # layer resets: the layer ids
     script:
         "../scripts/edit.py"
 
@@ -37,6 +38,8 @@ rule table_edits:
         layer_md=R("tables/layer-reset.md"),
     log:
         R("logs/tables/edits.log"),
+    params:
+        layers={name: format_layers(ids) for name, ids in reset_layers().items()},
     conda:
         "../envs/analysis.yaml"
     resources:

@@ -1,4 +1,4 @@
-# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint.
+# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint: models/ppo-<step> (grpo-<step>).
 
 
 rule rl:
@@ -6,10 +6,10 @@ rule rl:
         model=R("models/sft-{step}"),
         data=R("data/rl.parquet"),
     output:
-        model=directory(R("models/ppo-{step}")),
-        metrics=R("logs/ppo-{step}/metrics.jsonl"),
+        model=directory(R(f"models/{RL_ALGORITHM}-{{step}}")),
+        metrics=R(f"logs/{RL_ALGORITHM}-{{step}}/metrics.jsonl"),
     log:
-        R("logs/rl/ppo-{step}.log"),
+        R(f"logs/rl/{RL_ALGORITHM}-{{step}}.log"),
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
@@ -20,7 +20,7 @@ rule rl:
         distributed=distributed(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-        work=lambda wc: R("train/ppo-" + "-".join(wc)),  # ppo-<step>[-<variant>]
+        work=lambda wc: R(f"train/{RL_ALGORITHM}-" + "-".join(wc)),  # <algorithm>-<step>[-<variant>]
     script:
         "../scripts/rl.py"
 
@@ -30,10 +30,10 @@ rule rl:
 # Its params are rl's: rl_hparams adds the variant's overrides, the work directory follows the output.
 use rule rl as rl_variant with:
     output:
-        model=directory(R("models/ppo-{step}-{variant}")),
-        metrics=R("logs/ppo-{step}-{variant}/metrics.jsonl"),
+        model=directory(R(f"models/{RL_ALGORITHM}-{{step}}-{{variant}}")),
+        metrics=R(f"logs/{RL_ALGORITHM}-{{step}}-{{variant}}/metrics.jsonl"),
     log:
-        R("logs/rl/ppo-{step}-{variant}.log"),
+        R(f"logs/rl/{RL_ALGORITHM}-{{step}}-{{variant}}.log"),
 
 
 rule table_rl_sweep:

@@ -22,7 +22,6 @@ rule sft:
         **res("sft"),
     params:
         hp=sft_hparams(),
-        max_length=config["model"].get("tiny", {}).get("max_position_embeddings"),
         dtype=config["model"]["dtype"],
         template=config["model"]["template"],
         distributed=distributed(),

@@ -1,6 +1,6 @@
 """Rule edit: one UV merge / sigma swap / triplet swap / layer reset (see sftrl.edits)."""
 
-from sftrl.edits import edit_checkpoint, layer_reset, parse_layers
+from sftrl.edits import edit_checkpoint, layer_reset
 from sftrl.logs import job_log
 from sftrl.tables import parse_edit_name
 
@@ -9,7 +9,7 @@ with job_log(sm.log[0], sm.threads):
     edit = parse_edit_name(f"{sm.wildcards.method}-{sm.wildcards.donor}-into-{sm.wildcards.target}-{sm.wildcards.param}")
     if edit["method"] == "layer-reset":
         report = layer_reset(
-            sm.input.target, sm.input.donor, sm.output[0], parse_layers(edit["layers"]), sm.params.embeddings
+            sm.input.target, sm.input.donor, sm.output[0], sm.params.layers, sm.params.embeddings
         )
     else:
         report = edit_checkpoint(

@@ -12,7 +12,6 @@ p = sm.params
 with job_log(sm.log[0], sm.threads):
     spec = dict(
         hp=p.hp,
-        max_length=p.max_length,
         model=sm.input.base,
         dtype=p.dtype,
         data=sm.input.data,

@@ -35,7 +35,7 @@ def reduced_config(study: str = "test") -> dict:
     cfg["eval"].update(batch_size=64)
     cfg["rl_sweep"].update(**{"from": []})
     cfg["rl"].update(**{"from": None}, num_updates=2, episodes_per_update=8, minibatch_size=8, micro_batch_size=8, rollout_batch_size=8, save_every=1)
-    cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=["0", "0-1"])
+    cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=[[0, 0.5], [0, 1.0]])
     cfg["threads"] = 1
     return cfg
 
@@ -57,6 +57,47 @@ def save_tiny_llama(path: Path, seed, vocab_size=40, max_shard_size=None) -> Pat
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     LlamaForCausalLM(config).save_pretrained(path, **kwargs)
     return path
+
+
+# The config.json of the paper models (their shapes; no weights are needed for a dry-run).
+PAPER_MODEL_CONFIGS = {
+    "paper-qwen2.5-7b": {
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584,
+        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 32768,
+    },
+    "paper-llama-3.2-11b": {
+        "model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"],
+        "text_config": {
+            "model_type": "mllama_text_model", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 128256, "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+        },
+    },
+}
+
+
+def fake_checkpoint(path: Path, config: dict) -> Path:
+    """A checkpoint directory as the DAG-time check of model.path sees it: ``config`` as
+    config.json and one small safetensors file (not the model's weights)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    save_file({"placeholder": torch.zeros(1)}, str(path / "model.safetensors"))
+    return path
+
+
+def paper_config(paper: Path, tmp_path: Path) -> Path:
+    """A copy of the paper config ``paper`` whose model.path is a fake checkpoint of its model
+    (the real weights are not on this machine); everything else as the file says."""
+    cfg = yaml.safe_load(paper.read_text())
+    cfg["model"]["path"] = str(fake_checkpoint(tmp_path / "weights" / paper.stem, PAPER_MODEL_CONFIGS[paper.stem]))
+    out = tmp_path / paper.name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
 
 
 def run_snakemake(

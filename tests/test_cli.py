@@ -179,3 +179,23 @@ def test_cli_evaluate_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in err and "Traceback" not in err
     assert main(["evaluate", str(tmp_path), "--splits", "test"]) == 2
     assert "--splits" in capsys.readouterr().err
+
+
+def test_chat_model_builds_a_loadable_chat_checkpoint_once(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "chat"
+    assert main(["chat-model", str(out)]) == 0
+    assert "Qwen2ForCausalLM" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Cards: ['J', 'Q', '7', '9']"}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in text
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    assert model.generate(ids, max_new_tokens=3).shape[1] <= ids.shape[1] + 3
+    # a second build refuses to overwrite, in one line naming the argument
+    capsys.readouterr()
+    assert main(["chat-model", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sftrl: error: DIR") and "already exists" in err and "\n" not in err

@@ -141,10 +141,14 @@ CASES = [
     (_set("edits.target", "ppo-7"), "edits.target"),
     (_set("edits.target", "sft-400/../x"), "edits.target"),
     (_both(_set("edits.donor", "ppo-25"), _set("rl.from", [400])), "edits.donor"),
-    (_set("edits.layer_reset", ["99"]), "edits.layer_reset[0]"),
-    (_set("edits.layer_reset", ["0", "3-1"]), "edits.layer_reset[1]"),
-    (_set("edits.layer_reset", ["4"]), "edits.layer_reset[0]"),  # 4 layers: 0-3
-    (_set("edits.layer_reset", ["0-99999999"]), "edits.layer_reset[0]"),
+    (_set("edits.layer_reset", ["0-1"]), "edits.layer_reset[0]"),  # the old layer-id form
+    (_set("edits.layer_reset", [[0, 0.25], [0.75, 0.5]]), "edits.layer_reset[1]"),  # empty range
+    (_set("edits.layer_reset", [[0, 0.1]]), "edits.layer_reset[0]"),  # 4 layers: holds none
+    (_set("edits.layer_reset", [[0, 1.5]]), "edits.layer_reset[0][1]"),  # past the depth
+    (_set("edits.layer_reset", [[0, 0.25], [0, 0.250000001]]), "edits.layer_reset[1]"),  # same name
+    (_set("sft.max_length", 8), "sft.max_length"),
+    (_set("sft.max_length", 100000), "sft.max_length"),  # more than the tiny model's positions
+    (_set("sft.max_length", 30), "sft.max_length"),  # less than an SFT example of the compact template
     (_set("edits.uv_merge", [[0.2]]), "edits.uv_merge[0]"),
     (_set("edits.uv_merge", [[1.5, 0]]), "edits.uv_merge[0][0]"),
     (_set("edits.uv_merge", [[0.00001, 0.0]]), "edits.uv_merge[0]"),
@@ -207,21 +211,11 @@ def test_the_table_is_the_probe_and_more():
 
 
 def test_the_shipped_configs_are_valid():
+    """The default study here; every study file under config/ in tests/test_study_configs.py
+    (merged as Snakemake merges it, with its model.path made visible)."""
     validate(default_config(), base_dir=ROOT, files=[ROOT / "config.yaml"])
     studies = [p for p in sorted((ROOT / "config").glob("*.yaml")) if p.name != "schema.yaml"]
-    assert len(studies) >= 2
-    for path in studies:
-        cfg = default_config()
-        _merge(cfg, yaml.safe_load(path.read_text()))  # as Snakemake does with --configfile
-        validate(cfg, base_dir=ROOT, files=[ROOT / "config.yaml", path])
-
-
-def _merge(into: dict, update: dict) -> None:
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
+    assert len(studies) >= 2 and not check_files(studies)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +273,7 @@ def _snakemake_refuses(tmp_path: Path, config_text: str, key: str) -> None:
     [
         (lambda c: c.update(study=".."), "study"),
         (lambda c: c["data"].update(sft_size=64.0), "data.sft_size"),
-        (lambda c: c["edits"].update(layer_reset=["3-1"]), "edits.layer_reset[0]"),
+        (lambda c: c["edits"].update(layer_reset=[[0.5, 0.25]]), "edits.layer_reset[0]"),
         (lambda c: c["distributed"]["deepspeed"].update(rl="nope.json"), "distributed.deepspeed.rl"),
     ],
 )

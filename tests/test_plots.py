@@ -30,7 +30,8 @@ SUMMARIES = _summary_rows([
     ("uvmerge-sft-25-into-sft-400-top0.2", 0.78, 0.14), ("uvmerge-sft-25-into-sft-400-top0.5", 0.73, 0.19),
     ("uvmerge-sft-25-into-sft-400-top0-bottom0.2", 0.92, 0.07), ("sigmaswap-sft-25-into-sft-400-top0.2", 0.91, 0.06),
     ("uvmerge-sft-50-into-ppo-50-top1", 0.88, 0.14),
-    ("layerreset-sft-25-into-sft-400-layers0", 0.91, 0.10), ("layerreset-sft-25-into-sft-400-layers0-1", 0.86, 0.10),
+    ("layerreset-sft-25-into-sft-400-layers0-0.25", 0.91, 0.10),
+    ("layerreset-sft-25-into-sft-400-layers0-0.5", 0.86, 0.10),
 ])
 
 
@@ -40,7 +41,7 @@ def frames(tmp_path_factory):
     traj = tables.sft_trajectory(SUMMARIES.filter(pl.col("model").str.contains(r"^(base|sft-\d+)$")))
     rl = tables.rl_recovery(SUMMARIES.filter(pl.col("model").str.contains(r"^(sft|ppo)-\d+$")))
     stages = tables.stage_table(SUMMARIES, "sft-25", "sft-400", "ppo-400")
-    uv, layers = tables.edit_tables(SUMMARIES)
+    uv, layers = tables.edit_tables(SUMMARIES, {"layers0-0.25": "0", "layers0-0.5": "0-1"})
     index_paths, summary_paths = [], []
     for a, b in (("base", "sft-400"), ("sft-25", "sft-400"), ("sft-400", "ppo-400")):
         rows, summary = [], []
@@ -111,7 +112,7 @@ def test_sft_trajectory_spec(frames):
     assert point["encoding"]["shape"]["field"] == "stage"  # PPO results as separate marks
     _has_intervals(spec)
     rows = _data(spec)
-    ppo = [r for r in rows if r["stage"] == "PPO from this step"]
+    ppo = [r for r in rows if r["stage"] == "RL from this step"]
     assert {(r["model"], r["step"], r["split"]) for r in ppo} >= {("ppo-400", 400, "OOD"), ("ppo-25", 25, "ID")}
     base = next(r for r in rows if r["model"] == "base" and r["split"] == "OOD")
     assert base["step"] == 0 and base["accuracy"] == pytest.approx(25.0)  # percent
@@ -194,7 +195,8 @@ def test_uv_merge_spec_leaves_out_the_reverse_experiment(frames):
 def test_layer_reset_spec(frames):
     spec = plots.layer_reset(frames["layers"]).to_dict()
     (bar,) = _by_mark(spec, "bar")
-    assert bar["encoding"]["x"]["field"] == "group" and bar["encoding"]["x"]["sort"] == ["layers 0", "layers 0-1"]
+    assert bar["encoding"]["x"]["field"] == "group"
+    assert bar["encoding"]["x"]["sort"] == ["layers 0 (0-0.25)", "layers 0-1 (0-0.5)"]
     _has_intervals(spec)
     assert {r["encoding"]["y"]["field"] for r in _by_mark(spec, "rule")} == {"donor", "target"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced_config, run_snakemake, write_config
+from conftest import ROOT, paper_config, reduced_config, run_snakemake, write_config
 from test_envs import rule_blocks
 
 PROFILE = ROOT / "profiles" / "slurm"
@@ -118,7 +118,8 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
     ]
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     start = time.perf_counter()
-    proc = run_snakemake(tmp_path, "-n", "--profile", str(PROFILE), "all", *extra, configfile=paper)
+    configfile = paper_config(paper, tmp_path)  # model.path: a fake checkpoint of the paper model
+    proc = run_snakemake(tmp_path, "-n", "--profile", str(PROFILE), "all", *extra, configfile=configfile)
     seconds = time.perf_counter() - start
     out = proc.stdout + proc.stderr
     jobs = planned_jobs(out)

@@ -96,7 +96,7 @@ def test_rl_recovery_rows_and_recovery(tmp_path):
     md = tables.to_markdown(df, tables.RL_RECOVERY_MARKDOWN).splitlines()
     assert df["delta_id"].to_list() == pytest.approx([0.05, 0.02]) and df["delta_ood"].to_list() == pytest.approx([-0.1, 0.15])
     assert md[3] == (
-        "| 400 | 90.0 [85.0, 95.0] | 92.0 [87.0, 97.0] | +2.0 | 10.0 [5.0, 15.0] | 25.0 [20.0, 30.0] | +15.0 "
+        "| 400 | ppo-400 | 90.0 [85.0, 95.0] | 92.0 [87.0, 97.0] | +2.0 | 10.0 [5.0, 15.0] | 25.0 [20.0, 30.0] | +15.0 "
         "| 0.0 → 15.0 | 15.0 / 10.0 | 40.0 | 50.0 |"
     )
 
@@ -114,8 +114,9 @@ def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
     [
         ("uvmerge-sft-50-into-sft-800-top0.2", {"method": "uv-merge", "donor": "sft-50", "target": "sft-800", "top": 0.2, "bottom": 0.0}),
         ("sigmaswap-base-into-sft-8-top0-bottom0.2", {"method": "sigma-swap", "donor": "base", "top": 0.0, "bottom": 0.2}),
-        ("layerreset-sft-50-into-sft-800-layers0-1", {"method": "layer-reset", "layers": "0-1", "top": None}),
+        ("layerreset-sft-50-into-sft-800-layers0-0.5", {"method": "layer-reset", "layers": "0-0.5", "top": None}),
         ("uvmerge-sft-800-into-ppo-800-top1", {"donor": "sft-800", "target": "ppo-800", "top": 1.0}),
+        ("uvmerge-sft-800-into-grpo-800-top1", {"donor": "sft-800", "target": "grpo-800", "top": 1.0}),
     ],
 )
 def test_parse_edit_name(name, expected):
@@ -137,12 +138,13 @@ def test_edit_tables_recovery_and_order(tmp_path):
         ("uvmerge-sft-50-into-sft-800-top0.2", 0.97, 0.31),
         ("sigmaswap-sft-50-into-sft-800-top0.2", 0.99, 0.10),
         ("uvmerge-sft-800-into-ppo-800-top1", 0.99, 0.15),
-        ("layerreset-sft-50-into-sft-800-layers1", 0.98, 0.12),
-        ("layerreset-sft-50-into-sft-800-layers0-1", 0.96, 0.30),
-        ("layerreset-sft-50-into-sft-800-layers0", 0.97, 0.28),
+        ("layerreset-sft-50-into-sft-800-layers0.25-0.5", 0.98, 0.12),
+        ("layerreset-sft-50-into-sft-800-layers0-0.5", 0.96, 0.30),
+        ("layerreset-sft-50-into-sft-800-layers0-0.25", 0.97, 0.28),
     ]
     paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
-    spectral, layers = tables.edit_tables(tables.read_summaries(paths))
+    ids = {"layers0-0.25": "0", "layers0-0.5": "0-1", "layers0.25-0.5": "1"}  # of 4 layers
+    spectral, layers = tables.edit_tables(tables.read_summaries(paths), ids)
     assert spectral["name"].to_list() == [
         "uvmerge-sft-50-into-sft-800-top0.2",
         "uvmerge-sft-50-into-sft-800-top0.5",
@@ -153,10 +155,11 @@ def test_edit_tables_recovery_and_order(tmp_path):
     assert spectral["recovery_ood_pct"].to_list()[:3] == pytest.approx([70.0, 50.0, 0.0])
     assert spectral["recovery_ood_pct"][3] is None
     assert spectral["recovery_id_pct"].to_list() == [None] * 4  # ID: the donor (0.90) below the target
-    assert layers["layers"].to_list() == ["0", "0-1", "1"]
+    assert layers["layers"].to_list() == ["0-0.25", "0-0.5", "0.25-0.5"]
+    assert layers["layer_ids"].to_list() == ["0", "0-1", "1"]
     assert layers["recovery_ood_pct"].to_list() == pytest.approx([60.0, 66.667, 6.667], abs=1e-3)
     md = tables.to_markdown(layers, tables.LAYER_RESET_MARKDOWN).splitlines()
-    assert md[2].startswith("| 0 | sft-50 → sft-800 | 97.0 [92.0, 102.0] | 28.0 [23.0, 33.0] | 40.0 | 10.0 | 60.0 |")
+    assert md[2].startswith("| 0-0.25 | 0 | sft-50 → sft-800 | 97.0 [92.0, 102.0] | 28.0 [23.0, 33.0] | 40.0 | 10.0 | 60.0 |")
 
 
 def test_edit_tables_need_the_donor_summary(tmp_path):

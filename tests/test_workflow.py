@@ -27,6 +27,16 @@ def test_misspelt_key_fails_before_any_job_naming_it(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_rl_outputs_are_named_by_their_algorithm(tmp_path):
+    cfg = reduced_config()
+    cfg["rl"]["algorithm"] = "grpo"
+    write_config(tmp_path, cfg)
+    out = run_snakemake(tmp_path, "-n", "--cores", "1", "all_rl", "results/test/eval/grpo-8/ood.json").stdout
+    assert "results/test/models/grpo-4" in out and "results/test/models/grpo-8" in out
+    assert "results/test/logs/grpo-8/metrics.jsonl" in out
+    assert "ppo-" not in out
+
+
 def test_data_rule_writes_the_four_data_files(tmp_path):
     cfg = reduced_config()
     write_config(tmp_path, cfg)

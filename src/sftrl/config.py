@@ -435,11 +435,47 @@ def results_dir(study: str, base_dir: Path) -> Path:
 
 
 def study_models(cfg: dict) -> list[str]:
-    """The models the study trains: base, every SFT checkpoint and every RL run."""
+    """The models the study trains: base, every SFT checkpoint and every RL run (named by its
+    algorithm: ``ppo-<step>`` or ``grpo-<step>``)."""
     steps = sorted(cfg["sft"]["checkpoints"])
     rl = cfg.get("rl")
     rl_steps = sorted((rl.get("from") or steps)) if rl else []
-    return ["base"] + [f"sft-{s}" for s in steps] + [f"ppo-{s}" for s in rl_steps]
+    algorithm = rl["algorithm"] if rl else "ppo"
+    return ["base"] + [f"sft-{s}" for s in steps] + [f"{algorithm}-{s}" for s in rl_steps]
+
+
+# --- keys that belong to one model source ---------------------------------------------------------
+# config.yaml (the tiny study) is always read first and a study file given with --configfile is
+# merged over it, key by key. These keys only mean something for the tiny source; a study of local
+# weights never sees them (strip_tiny_only), so none of its values can come from the tiny study.
+TINY_ONLY = ("model.tiny", "base", "data.pretrain_size", "data.pretrain_feedback", "data.pretrain_wrapped")
+
+
+def replace_resource_groups(cfg: dict, overrides: dict) -> dict:
+    """Give each ``resources.<group>`` of ``overrides`` (the study files and ``--config`` values,
+    which Snakemake merged over config.yaml key by key) back its own keys only (in place): a group
+    a study sets replaces the default study's group whole, so a GPU job never inherits the tiny
+    study's ``cpus_per_task`` or any other key its study did not ask for."""
+    groups = overrides.get("resources") if isinstance(overrides, dict) else None
+    if isinstance(groups, dict) and isinstance(cfg.get("resources"), dict):
+        for group, values in groups.items():
+            if isinstance(values, dict):
+                cfg["resources"][group] = dict(values)
+    return cfg
+
+
+def strip_tiny_only(cfg: dict) -> dict:
+    """Remove the :data:`TINY_ONLY` keys from ``cfg`` (in place) unless its model source is tiny."""
+    if cfg.get("model", {}).get("source") == "tiny":
+        return cfg
+    for key in TINY_ONLY:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return cfg
 
 
 def model_depth(cfg: dict) -> int | None:
@@ -458,16 +494,48 @@ def model_depth(cfg: dict) -> int | None:
         return None
 
 
-def layer_reset_problems(specs: list[str], depth: int | None, key: str = "edits.layer_reset") -> list[str]:
-    """Each ``"a"`` or ``"a-b"`` must be a range ``a <= b`` of existing layers (``b < depth``)."""
-    problems = []
-    for i, spec in enumerate(specs):
-        lo_text, _, hi_text = spec.partition("-")
-        lo, hi = int(lo_text), int(hi_text or lo_text)
-        if lo > hi:
-            problems.append(f"{key}[{i}]: {spec!r} is an empty range; write the lower layer first ('{hi}-{lo}')")
-        elif depth is not None and hi >= depth:
-            problems.append(f"{key}[{i}]: {spec!r} names layer {hi}, but the model has {depth} layers (0-{depth - 1})")
+def layers_name(lo: float, hi: float) -> str:
+    """The name part of a layer reset (the workflow's edited-model names use it): the range of
+    layers as fractions of the depth, ``layers0-0.25``."""
+    return f"layers{lo:g}-{hi:g}"
+
+
+def layer_range(lo: float, hi: float, depth: int) -> list[int]:
+    """The decoder layers ``[lo, hi)`` of a ``depth``-layer model, the ends rounded to the nearest
+    layer: ``[0, 0.25)`` is layer 0 of 4, layers 0-9 of 40 and 0-6 of 28 (the study's "first 25%
+    of layers"). Empty when the range is narrower than a layer."""
+    return list(range(math.floor(lo * depth + 0.5), math.floor(hi * depth + 0.5)))
+
+
+def format_layers(layers: list[int]) -> str:
+    """[0, 1, 2, 3, 8] → "0-3,8"."""
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs) or "none"
+
+
+def layer_reset_problems(ranges: list, depth: int | None, key: str = "edits.layer_reset") -> list[str]:
+    """Each ``[from, to)`` must be a non-empty range of fractions and, where the depth is known,
+    hold at least one layer; no two ranges may give the same name."""
+    problems, names = [], {}
+    for i, (lo, hi) in enumerate(ranges):
+        name = layers_name(lo, hi)
+        if lo >= hi:
+            problems.append(f"{key}[{i}]: {short([lo, hi])} is an empty range; write [from, to) with from < to")
+        elif not re.fullmatch(r"layers[0-9.]+-[0-9.]+", name):
+            problems.append(f"{key}[{i}]: {short([lo, hi])} would be named {name!r}; use fractions of at least 0.0001")
+        elif name in names:
+            problems.append(f"{key}[{i}]: {short([lo, hi])} is named {name!r} like item {names[name]}")
+        elif depth is not None and not layer_range(lo, hi, depth):
+            problems.append(
+                f"{key}[{i}]: {short([lo, hi])} holds no layer of the model's {depth} "
+                f"(each layer is {1 / depth:.3g} of the depth); widen the range"
+            )
+        names.setdefault(name, i)
     return problems
 
 
@@ -490,7 +558,7 @@ def _edit_problems(cfg: dict) -> list[str]:
                 f"edits.{key}: {short(name)} is not a model of this study; expected {special} or one of "
                 + _clip(", ".join(models), 2 * SHORT)
             )
-    problems += layer_reset_problems(edits["layer_reset"], model_depth(cfg))
+    problems += layer_reset_problems(edits["layer_reset"], model_depth(cfg))  # depth: None if unreadable
     for kind in ("uv_merge", "sigma_swap", "triplet_swap"):
         names: dict[str, int] = {}
         for i, (top, bottom) in enumerate(edits[kind]):
@@ -592,9 +660,17 @@ def _tiny_problems(cfg: dict) -> list[str]:
             f"model.tiny: {params:,} parameters, more than the tiny model's limit of {MAX_TINY_PARAMETERS:,} "
             "(it is built and trained on CPUs); lower hidden_size, intermediate_size or num_layers"
         )
+    positions = arch["max_position_embeddings"]
+    max_length = cfg["sft"].get("max_length")
+    if max_length is not None and max_length > positions:
+        problems.append(
+            f"sft.max_length: {max_length} tokens, more than the tiny model's {positions} positions "
+            "(model.tiny.max_position_embeddings); null uses the model's own"
+        )
     if model["template"] == "compact":
-        positions = arch["max_position_embeddings"]
         for use, (need, words) in positions_needed(cfg).items():
+            if use == "sft" and max_length is not None and max_length < need:
+                problems.append(f"sft.max_length: {max_length} tokens cannot hold an SFT example of {need} = {words}")
             if positions < need:
                 problems.append(
                     f"model.tiny.max_position_embeddings: {positions} positions cannot hold an {use} "
@@ -636,20 +712,87 @@ def _file_problems(cfg: dict, base_dir: Path) -> list[str]:
             problems.append(f"{key}: {_clip(str(path))} is not a DeepSpeed JSON config ({_clip(str(e), 120)})")
     model_path = cfg["model"].get("path")
     if cfg["model"]["source"] == "local" and model_path:
-        # A path that does not exist is left to the base job: a dry-run needs no weights.
-        path = Path(model_path).expanduser() if "\0" not in model_path else None
-        if path is None:
-            problems.append("model.path: contains a NUL character")
-        elif path.exists() and not path.is_dir():
-            problems.append(
-                f"model.path: {short(model_path)} is not a directory; expected a Hugging Face checkpoint directory"
-            )
-        elif (base_dir / path).resolve().is_relative_to(out.resolve()):
-            problems.append(
-                f"model.path: {short(model_path)} is inside results/{study}/, which this study writes; "
-                "copy the checkpoint elsewhere"
-            )
+        problems += model_path_problems(model_path, base_dir, out, study)
     return problems
+
+
+# model_type values of checkpoints the workflow loads: AutoModelForCausalLM's, plus mllama
+# (Llama-3.2-Vision, reduced to its text model; see sftrl.models). Read from transformers when it
+# is importable, so a new architecture it supports is known too.
+KNOWN_MODEL_TYPES = ("llama", "mllama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
+
+
+def _known_model_types() -> set[str]:
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return set(KNOWN_MODEL_TYPES)
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | {"mllama"}
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file (its header: 8-byte length, then JSON), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= size <= 100_000_000:
+                return "not a safetensors file (no header)"
+            header = json.loads(fh.read(size))
+        if not isinstance(header, dict):
+            return "not a safetensors file (its header is not a JSON object)"
+    except (OSError, ValueError, RecursionError) as e:
+        return f"not readable as safetensors ({_clip(str(e), 120)})"
+    return None
+
+
+def model_path_problems(model_path: str, base_dir: Path, out: Path, study: str) -> list[str]:
+    """``model.path`` checked when the DAG is built, so a dry-run or a cluster submission stops at
+    once, before any job: a directory (not inside this study's results) holding a config.json of
+    a known causal-LM architecture and safetensors weights (every shard an index names)."""
+    if "\0" in model_path:
+        return ["model.path: contains a NUL character"]
+    path = Path(model_path).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    where = f"model.path: {short(model_path)}"
+    expected = "expected a local Hugging Face checkpoint directory (config.json + *.safetensors)"
+    if not path.exists():
+        return [f"{where} does not exist (seen from {short(str(base_dir))}); {expected}"]
+    if not path.is_dir():
+        return [f"{where} is not a directory; {expected}"]
+    if path.resolve().is_relative_to(out.resolve()):
+        return [f"{where} is inside results/{study}/, which this study writes; copy the checkpoint elsewhere"]
+    try:
+        conf = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return [f"{where} has no config.json; {expected}"]
+    except (OSError, ValueError, RecursionError) as e:
+        return [f"{where}/config.json is not readable JSON ({_clip(str(e), 120)})"]
+    model_type = conf.get("model_type") if isinstance(conf, dict) else None
+    if not isinstance(model_type, str) or model_type not in _known_model_types():
+        return [
+            f"{where}/config.json: model_type {short(model_type)} is not a causal language model "
+            f"transformers can load (e.g. {', '.join(KNOWN_MODEL_TYPES)})"
+        ]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return [f"{where}/{index.name} is not a safetensors index (no weight_map)"]
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            return [f"{where}: {index.name} names shards that are missing: {_clip(', '.join(missing))}"]
+        weights = [path / s for s in shards]
+    else:
+        weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return [f"{where} holds no weights (*.safetensors); {expected}"]
+    for file in weights[:1] + weights[-1:]:  # the headers of the first and last shard
+        problem = _safetensors_problem(file)
+        if problem:
+            return [f"{where}/{file.name}: {problem}"]
+    return []
 
 
 def meaning_checks(cfg: dict, base_dir: Path) -> list[str]:

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from sftrl.checkpoints import DEFAULT_MAX_SHARD_BYTES, Checkpoint, CheckpointError, ShardWriter
+from sftrl.config import format_layers
 from sftrl.spectrum import SvdFile, format_types, layer_of, parse_types, resolve_device, select_matrices
 
 METHODS = ("uv-merge", "sigma-swap", "triplet-swap")
@@ -334,7 +335,7 @@ def layer_reset(
         Path(out_dir),
         from_donor,
         from_target,
-        {"layers": _format_layers(layers), "embeddings": embeddings},
+        {"layers": format_layers(layers), "embeddings": embeddings},
     )
 
 
@@ -351,14 +352,3 @@ def parse_layers(spec: str) -> list[int]:
     except ValueError:
         raise ValueError(f"layers must look like '0-3' or '0-3,8', got {spec!r}") from None
     return sorted(layers)
-
-
-def _format_layers(layers: list[int]) -> str:
-    """[0, 1, 2, 3, 8] → "0-3,8"."""
-    runs: list[list[int]] = []
-    for i in layers:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs) or "none"

@@ -150,11 +150,13 @@ def rl_job(spec: dict):
     from sftrl.ppo import PPOConfig, train_ppo
 
     rl = spec["rl"]
+    cfg = PPOConfig.from_dict({k: v for k, v in rl.items() if k not in ("algorithm", "num_generations")})
+    print(f"{rl['algorithm']}: {cfg}")
     common = dict(
         model_dir=spec["model"],
         rl_hands=pl.read_parquet(spec["data"]),
         template=spec["template"],
-        cfg=PPOConfig.from_dict({k: v for k, v in rl.items() if k not in ("algorithm", "num_generations")}),
+        cfg=cfg,
         out_dir=spec["out"],
         work_dir=spec["work_dir"],
         metrics_path=spec.get("metrics"),

@@ -95,14 +95,14 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
     if rl is not None and not rl.is_empty():
         _require(rl, ["step", "rl_id_accuracy", "rl_ood_accuracy", "rl_id_ci_low", "rl_ood_ci_high"], "sft_trajectory (rl)")
         ppo = rl.select("step", *[f"rl_{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")])
-        ppo = _accuracy_long(ppo, prefix="rl_").with_columns(
-            pl.format("ppo-{}", pl.col("step")).alias("model"), pl.lit("PPO from this step").alias("stage")
-        )
+        names = rl.select("step", pl.col("rl_model") if "rl_model" in rl.columns else pl.format("ppo-{}", "step"))
+        ppo = _accuracy_long(ppo, prefix="rl_").join(names.rename({names.columns[1]: "model"}), on="step", how="left")
+        ppo = ppo.with_columns(pl.lit("RL from this step").alias("stage"))
         frames.append(ppo.select(sft.columns))
     long = pl.concat(frames).sort("stage", "split", "step", descending=[True, False, False])
     x = alt.X("step:Q", title="SFT step (0 = base model)")
     color = alt.Color("split:N", title="split", scale=SPLIT_COLORS)
-    shape = alt.Shape("stage:N", title="model", scale=alt.Scale(domain=["SFT checkpoint", "PPO from this step"], range=["circle", "triangle-up"]))
+    shape = alt.Shape("stage:N", title="model", scale=alt.Scale(domain=["SFT checkpoint", "RL from this step"], range=["circle", "triangle-up"]))
     tooltip = _acc_tooltip(alt.Tooltip("model:N"), alt.Tooltip("step:Q"))
     base = alt.Chart().encode(x=x, color=color)
     is_sft = alt.datum.stage == "SFT checkpoint"
@@ -377,7 +377,8 @@ def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
     _require(layers, ["name", "layers", "donor", "target", "recovery_ood_pct"], "layer_reset")
     if layers.is_empty():
         raise ValueError("layer_reset: the layer-reset table has no rows")
-    df = layers.with_columns(pl.format("layers {}", pl.col("layers")).alias("group"))
+    ids = pl.col("layer_ids").fill_null("?") if "layer_ids" in layers.columns else pl.lit("?")
+    df = layers.with_columns(pl.format("layers {} ({})", ids, pl.col("layers")).alias("group"))
     order = df["group"].to_list()
     long = _edit_long(df, ["name", "group", "layers"])
     x = alt.X("group:N", title="layers reset to the donor", sort=order, axis=alt.Axis(labelAngle=-30))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -47,7 +47,9 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 0  # resumable state inside a segment every N steps (0: only at its end)
-    max_length: int | None = None  # longest tokenised example; longer ones are truncated
+    # Longest tokenised example (prompt + answer); None = the model's max_position_embeddings. A
+    # longer example is an error, never silently truncated.
+    max_length: int | None = None
     lora: dict | None = field(default=None)  # sft.lora when enabled
 
     @classmethod
@@ -67,7 +69,7 @@ class TrainSettings:
             max_grad_norm=section.get("max_grad_norm", 1.0),
             seed=section["seed"],
             save_every=section.get("save_every", 0),
-            max_length=max_length,
+            max_length=section.get("max_length", max_length),
             lora=lora if lora and lora.get("enabled") else None,
         )
 
@@ -100,24 +102,42 @@ class _MetricsFile(TrainerCallback):
             fh.write(json.dumps(row) + "\n")
 
 
-def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int | None) -> Dataset:
-    """Prompt-completion examples for TRL (loss on the completion only).
+def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int, key: str = "sft.max_length") -> Dataset:
+    """Prompt-completion examples for TRL (loss on the completion only), each at most
+    ``max_length`` tokens (a longer one is an error naming ``key``: TRL would truncate it).
 
-    Chat templates are left to TRL (conversational prompt-completion). Plain text is tokenised
-    here in one batched call -- TRL's per-example map is ~30x slower, which dominates a CPU run --
-    into the ``input_ids`` and ``labels`` (-100 on the prompt) that TRL would build.
+    Chat templates are left to TRL (conversational prompt-completion); their rendered lengths are
+    checked here. Plain text is tokenised here in one batched call -- TRL's per-example map is
+    ~30x slower, which dominates a CPU run -- into the ``input_ids`` and ``labels`` (-100 on the
+    prompt) that TRL would build.
     """
     if chat:
-        return Dataset.from_dict(
-            {
-                "prompt": [[{"role": "user", "content": p}] for p in data["prompt"]],
-                "completion": [[{"role": "assistant", "content": c}] for c in data["completion"]],
-            }
-        )
-    examples = tokenize_completions(data, tokenizer, max_length)
+        prompts = [[{"role": "user", "content": p}] for p in data["prompt"]]
+        completions = [[{"role": "assistant", "content": c}] for c in data["completion"]]
+        check_chat_lengths(tokenizer, prompts, completions, max_length, key)
+        return Dataset.from_dict({"prompt": prompts, "completion": completions})
+    examples = tokenize_completions(data, tokenizer, max_length, key)
     return Dataset.from_dict(
         {"input_ids": [ids for ids, _ in examples], "labels": [[-100] * n + ids[n:] for ids, n in examples]}
     )
+
+
+def check_chat_lengths(tokenizer, prompts, completions, max_length: int, key: str = "sft.max_length") -> int:
+    """The longest example, in tokens, as the chat template renders prompt + answer; ValueError
+    naming ``key`` if any is longer than ``max_length``."""
+    texts = [
+        tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions, strict=True)
+    ]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    longest = max(lengths, default=0)
+    if longest > max_length:
+        over = sum(n > max_length for n in lengths)
+        raise ValueError(
+            f"{key}: {over} of {len(lengths)} SFT examples are longer than {max_length} tokens (the longest: "
+            f"{longest}) and would be truncated; raise {key} (null = the model's max_position_embeddings)"
+        )
+    print(f"SFT examples: the longest is {longest} tokens (limit {max_length})")
+    return longest
 
 
 def tokenize_completions(
@@ -133,7 +153,9 @@ def tokenize_completions(
         if f[: len(p)] != p:
             raise ValueError(f"tokenised prompt is not a prefix of prompt + completion: {p} vs {f}")
         if max_length is not None and len(f) > max_length:
-            raise ValueError(f"an example has {len(f)} tokens, more than {key} ({max_length}); raise it")
+            raise ValueError(
+                f"{key}: an example has {len(f)} tokens, more than {max_length}, and would be truncated; raise {key}"
+            )
         out.append((f, len(p)))
     return out
 
@@ -227,6 +249,8 @@ def train_segment(
         from sftrl.models import apply_lora
 
         model = apply_lora(model, hp.lora)
+    if hp.max_length is None:  # the model's own context (TRL would otherwise cut at 1024)
+        hp = replace(hp, max_length=int(model.config.max_position_embeddings))
     dataset = _dataset(data, tokenizer, chat, hp.max_length)
     callbacks = [_StopAt(stop_at)]
     if metrics_path is not None:

@@ -202,6 +202,7 @@ def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
     def side(name: str, which):
         return wide.filter(which).select(
             "step",
+            pl.col("model").alias(f"{name}_model"),
             *[pl.col(f"{sp}_{c}").alias(f"{name}_{sp}_{c}") for sp in ("id", "ood") for c in cols],
             *[pl.col(f"{sp}_solved_by_turn").alias(f"{name}_{sp}_solved_by_turn") for sp in ("id", "ood")],
         )
@@ -226,6 +227,7 @@ def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
 
 RL_RECOVERY_MARKDOWN = {
     "from SFT step": ("raw", "step"),
+    "RL model": ("raw", "rl_model"),
     "SFT ID %": ("ci", ("sft_id_accuracy", "sft_id_ci_low", "sft_id_ci_high")),
     "RL ID %": ("ci", ("rl_id_accuracy", "rl_id_ci_low", "rl_id_ci_high")),
     "ΔID": ("dpct", "delta_id"),
@@ -347,10 +349,10 @@ def peak_ood(summaries: pl.DataFrame) -> dict:
 
 # --- edits ------------------------------------------------------------------------------------
 
-_MODEL = r"base|sft-\d+|ppo-\d+"
+_MODEL = r"base|sft-\d+|(?:ppo|grpo)-\d+"
 EDIT_NAME = re.compile(
     rf"^(?P<method>uvmerge|sigmaswap|tripletswap|layerreset)-(?P<donor>{_MODEL})-into-(?P<target>{_MODEL})-"
-    r"(?:top(?P<top>[0-9.]+)(?:-bottom(?P<bottom>[0-9.]+))?|layers(?P<layers>[0-9]+(?:-[0-9]+)?))$"
+    r"(?:top(?P<top>[0-9.]+)(?:-bottom(?P<bottom>[0-9.]+))?|layers(?P<layers>[0-9.]+-[0-9.]+))$"
 )
 EDIT_METHODS = {"uvmerge": "uv-merge", "sigmaswap": "sigma-swap", "tripletswap": "triplet-swap", "layerreset": "layer-reset"}
 
@@ -361,7 +363,7 @@ def parse_edit_name(name: str) -> dict:
     if not m:
         raise ValueError(
             f"not an edited model name: {name!r} (expected <method>-<donor>-into-<target>-top<f>[-bottom<f>] "
-            "or layerreset-<donor>-into-<target>-layers<a>[-<b>])"
+            "or layerreset-<donor>-into-<target>-layers<from>-<to>, fractions of the depth)"
         )
     d = m.groupdict()
     return {
@@ -375,9 +377,12 @@ def parse_edit_name(name: str) -> dict:
     }
 
 
-def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def edit_tables(summaries: pl.DataFrame, layer_ids: dict | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(spectral edits, layer resets): accuracy of every edited model beside its donor and target,
     and recovery % = (edit − target) / (donor − target) on OOD and on ID.
+
+    A layer reset's ``layers`` is its range as fractions of the depth (``0-0.25``); ``layer_ids``
+    maps its name part (``layers0-0.25``) to the decoder layers it reset (``0-6``).
 
     ``summaries`` holds the edited models and every donor and target they name; other models
     are ignored. Spectral rows are sorted by method, then the reverse experiment (the donor is an
@@ -395,7 +400,10 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             if e[ref] not in acc:
                 raise ValueError(f"{name}: no evaluation summary of its {ref} {e[ref]}")
         edit, donor, target = acc[name], acc[e["donor"]], acc[e["target"]]
-        row = {**e, "reverse": e["donor"].startswith("sft-") and e["target"].startswith("ppo-")}
+        reverse = e["donor"].startswith("sft-") and not e["target"].startswith(("sft-", "base"))
+        row = {**e, "reverse": reverse, "layer_ids": None}
+        if e["layers"] is not None and layer_ids:
+            row["layer_ids"] = layer_ids.get(f"layers{e['layers']}")
         for split in ("id", "ood"):
             for c in ("accuracy", "ci_low", "ci_high"):
                 row[f"{split}_{c}"] = edit[f"{split}_{c}"]
@@ -411,7 +419,7 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         rows.append(row)
     schema = {
         "name": pl.String, "method": pl.String, "donor": pl.String, "target": pl.String, "top": pl.Float64,
-        "bottom": pl.Float64, "layers": pl.String, "reverse": pl.Boolean,
+        "bottom": pl.Float64, "layers": pl.String, "layer_ids": pl.String, "reverse": pl.Boolean,
         **{f"{sp}_{c}": pl.Float64 for sp in ("id", "ood") for c in ("accuracy", "ci_low", "ci_high")},
         **{f"{k}_{sp}": pl.Float64 for sp in ("id", "ood") for k in ("donor", "target")},
         **{f"recovery_{sp}_pct": pl.Float64 for sp in ("id", "ood")},
@@ -424,10 +432,10 @@ def edit_tables(summaries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     spectral = (
         df.filter(pl.col("method") != "layer-reset")
         .sort([pl.col("reverse"), method_order, pl.col("top"), pl.col("bottom"), target_step, pl.col("name")])
-        .drop("layers")
+        .drop("layers", "layer_ids")
     )
-    first = pl.col("layers").str.extract(r"^(\d+)", 1).cast(pl.Int64)
-    last = pl.col("layers").str.extract(r"(\d+)$", 1).cast(pl.Int64)
+    first = pl.col("layers").str.extract(r"^([0-9.]+)-", 1).cast(pl.Float64)
+    last = pl.col("layers").str.extract(r"-([0-9.]+)$", 1).cast(pl.Float64)
     layers = df.filter(pl.col("method") == "layer-reset").sort([first, last, pl.col("name")]).drop("top", "bottom", "reverse")
     return spectral, layers
 
@@ -448,7 +456,8 @@ UV_MERGE_MARKDOWN = {
     **_EDIT_COMMON,
 }
 LAYER_RESET_MARKDOWN = {
-    "layers": ("raw", "layers"),
+    "layers (fraction of depth)": ("raw", "layers"),
+    "layer ids": ("raw", "layer_ids"),
     "donor → target": ("arrow", ("donor", "target")),
     **_EDIT_COMMON,
 }
@@ -539,7 +548,7 @@ STAGES = ("Premax", "Moderate", "RL")
 STAGE_DESCRIPTIONS = {
     "Premax": "SFT checkpoint with the highest OOD accuracy",
     "Moderate": "later SFT checkpoint that RL starts from",
-    "RL": "PPO from the moderate checkpoint",
+    "RL": "RL (PPO, or GRPO: the model's name says) from the moderate checkpoint",
 }
 
 
