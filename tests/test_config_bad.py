@@ -116,6 +116,7 @@ CASES = [
     (_set("data.answer", "last"), "data.answer"),
     (_set("model.source", "remote"), "model.source"),
     (_set("model.dtype", "int8"), "model.dtype"),
+    (_set("model.dtype", "bfloat16"), "model.dtype"),  # training in bf16 weights without DeepSpeed
     (_set("threads", 0), "threads"),
     (_set("spectrum.k_frac", 0), "spectrum.k_frac"),
     (_set("spectrum.band", 0.7), "spectrum.band"),

@@ -48,7 +48,7 @@ ARCH = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 4096,
 }
-VOCAB_SIZE = 1024  # BPE merges learnt until the vocabulary has this many tokens
+VOCAB_SIZE = 1024  # at most this many tokens; the game's text runs out of merges at 537
 CORPUS_HANDS = 600  # hands per rule whose prompts, answers and feedback train the tokenizer
 
 

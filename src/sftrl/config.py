@@ -390,6 +390,7 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"sft.batch_size ({sft['batch_size']}) must be a multiple of sft.per_device_batch_size "
             f"({sft['per_device_batch_size']})"
         )
+    problems += _precision_problems(cfg)
     rl = cfg.get("rl")
     if rl and rl.get("from"):
         unknown = sorted(set(rl["from"]) - set(sft["checkpoints"]))
@@ -415,6 +416,27 @@ def _cross_checks(cfg: dict) -> list[str]:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             problems.append(f"rl_sweep.variants: the names {twice} are given more than once; each names its own runs")
+    return problems
+
+
+def _precision_problems(cfg: dict) -> list[str]:
+    """Training in bfloat16/float16 weights loses Adam's small steps (lr 1e-6 is below bf16's
+    resolution) unless DeepSpeed keeps float32 master weights, which it does only for a job
+    launched on several GPUs with ``distributed.deepspeed.<kind>`` set."""
+    dtype = cfg["model"]["dtype"]
+    if dtype not in ("bfloat16", "float16"):
+        return []
+    problems = []
+    for kind in ("sft", "rl"):
+        gpus = {**cfg["resources"].get("default", {}), **cfg["resources"].get(kind, {})}.get("gpu", 0)
+        deepspeed = cfg["distributed"]["deepspeed"].get(kind)
+        if gpus < 2 or not deepspeed:
+            why = f"resources.{kind}.gpu is {gpus}" if gpus < 2 else f"distributed.deepspeed.{kind} is null"
+            problems.append(
+                f"model.dtype: {dtype} weights would train {kind} without float32 master weights ({why}, so "
+                "no DeepSpeed), and Adam's steps at small learning rates round away; use auto (float32 "
+                f"weights, {dtype} compute on GPUs) or DeepSpeed on 2+ GPUs"
+            )
     return problems
 
 

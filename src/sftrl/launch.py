@@ -125,7 +125,11 @@ def sft_job(spec: dict):
     from sftrl.sft import TrainSettings, train_segment
 
     hp = TrainSettings.from_config(spec["hp"], max_length=spec.get("max_length"))
-    model = load_model(spec["model"], dtype=spec.get("dtype", "auto"))
+    # auto keeps float32 weights (bf16 compute comes from the trainer's mixed precision): Adam steps
+    # of lr 1e-6 would round away in bf16 weights. A bf16 dtype is for DeepSpeed, whose optimiser
+    # keeps float32 master weights (sftrl.config refuses it for training without DeepSpeed).
+    dtype = spec.get("dtype", "auto")
+    model = load_model(spec["model"], dtype="float32" if dtype == "auto" else dtype)
     tokenizer = load_tokenizer(spec["model"])
     return train_segment(
         model,
