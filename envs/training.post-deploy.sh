@@ -4,4 +4,12 @@
 # them). SFTRL_ROOT is the repository, set by rules/common.smk in the Snakemake process.
 set -euo pipefail
 : "${SFTRL_ROOT:?SFTRL_ROOT is not set: create the environments through the Snakefile of sftrl}"
+# An environment made from envs/<env>.linux-64.pin.txt (which --sdm conda prefers; Snakemake
+# keeps a copy of it beside this script, as <env prefix>.pin.txt) has the conda packages only:
+# its pip packages are the file's "# pip:" lines, exact versions.
+pins="${0%.post-deploy.sh}.pin.txt"
+if [[ -f $pins ]]; then
+    sed -n 's/^# pip: //p' "$pins" >"$pins.pip"
+    python -m pip install --requirement "$pins.pip"
+fi
 python -m pip install --no-deps --no-build-isolation --editable "$SFTRL_ROOT"

@@ -7,6 +7,9 @@ Nothing is deleted that this module did not create: a directory output never rep
 non-empty directory, and a file output replaces only a file that was already there when the
 write began (the caller's old version). Whatever appears at the destination while the output is
 being written is left alone, and the commit fails with :class:`OutputExistsError` naming it.
+
+Outputs get the modes the process's umask gives any new file or directory (644 and 755 under the
+usual 022), not the private 600/700 of the temporary names, so a group can share the results.
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ from pathlib import Path
 
 class OutputExistsError(FileExistsError):
     """The destination of an atomic output is occupied by something this write did not create."""
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the fallback only)
+    os.umask(mask)
+    return mask
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -56,6 +72,8 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         os.close(fd)
         tmp = Path(name)
     try:
+        # mkstemp/mkdtemp create 600/700; the output gets what open()/mkdir() would have given it
+        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
         yield tmp
         _commit(tmp, path, directory, replace=existed)
     except BaseException:

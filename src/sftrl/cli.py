@@ -7,6 +7,7 @@ Hugging Face checkpoints, outside the workflow.
     sftrl spectrum DIR_A DIR_B --out FILE.parquet [--types q,k,v,o,gate,up,down] [--k-frac F | --k N] [--band F]
     sftrl evaluate DIR [--template compact|paper] [--splits id,ood] [--hands 234] [--turns 1] [--out DIR]
     sftrl chat-model DIR [--seed 0]   (the rehearsal's small Qwen2-style chat model, built here)
+    sftrl profile install [--dest DIR] [--force]   (the SLURM profile, for `snakemake --profile slurm`)
 
 Every argument is checked before anything is loaded: numbers against their ranges, the device,
 the input checkpoints (their headers), and the outputs (not an existing directory or a dangling
@@ -208,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("out", help="output checkpoint directory (must not exist), e.g. results/rehearsal-model")
     chat.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the weights and corpus")
+
+    profile = commands.add_parser("profile", help="Snakemake profiles of this project")
+    actions = profile.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    install = actions.add_parser(
+        "install",
+        help="copy profiles/slurm to where Snakemake looks for named profiles, so that "
+        "`snakemake --profile slurm` finds it",
+    )
+    install.add_argument(
+        "--dest",
+        help="profile directory to write (default: $XDG_CONFIG_HOME/snakemake/slurm, "
+        "XDG_CONFIG_HOME defaulting to ~/.config)",
+    )
+    install.add_argument("--force", action="store_true", help="replace a different profile already there")
     return parser
 
 
@@ -344,7 +359,19 @@ def _run_chat_model(args) -> None:
     build_chat_model(out, seed=args.seed)
 
 
-HANDLERS = {"edit": _run_edit, "spectrum": _run_spectrum, "evaluate": _run_evaluate, "chat-model": _run_chat_model}
+def _run_profile(args) -> None:
+    from sftrl.profile import install_profile
+
+    print(install_profile(args.dest, force=args.force))
+
+
+HANDLERS = {
+    "edit": _run_edit,
+    "spectrum": _run_spectrum,
+    "evaluate": _run_evaluate,
+    "chat-model": _run_chat_model,
+    "profile": _run_profile,
+}
 
 
 def _one_line(text: str) -> str:

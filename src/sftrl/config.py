@@ -817,9 +817,39 @@ def model_path_problems(model_path: str, base_dir: Path, out: Path, study: str) 
     return []
 
 
+MAX_RUNTIME_MINUTES = 525_600  # a year, as the schema's limit of an integer runtime
+_TIMESPAN = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)\s*")
+_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1, "min": 1, "h": 60, "hour": 60, "d": 1440, "day": 1440, "w": 10080, "week": 10080}
+
+
+def runtime_minutes(value: int | str) -> float:
+    """A ``runtime`` resource in minutes: an integer, or a time span such as ``90m``, ``4h``, ``2d``
+    (the units Snakemake parses; the schema checks the syntax)."""
+    if isinstance(value, int):
+        return value
+    number, unit = _TIMESPAN.fullmatch(value).groups()
+    unit = unit.removesuffix("s") if unit not in ("s", "secs") else "s"
+    unit = {"second": "s", "minute": "min", "sec": "s"}.get(unit, unit)
+    return float(number) * _MINUTES[unit]
+
+
+def _resource_problems(cfg: dict) -> list[str]:
+    problems = []
+    for group, res in cfg["resources"].items():
+        key = f"resources.{group}"
+        if "runtime" in res and not 1 <= runtime_minutes(res["runtime"]) <= MAX_RUNTIME_MINUTES:
+            problems.append(f"{key}.runtime: {short(res['runtime'])} is not between 1 minute and a year")
+        if res.get("gpu") and str(res.get("gres", "")).startswith("gpu"):
+            problems.append(
+                f"{key}: gpu and gres {short(res['gres'])} both ask for GPUs (sbatch --gpus and --gres); "
+                "give the count as gpu (and the type as gpu_model)"
+            )
+    return problems
+
+
 def meaning_checks(cfg: dict, base_dir: Path) -> list[str]:
     """Checks of meaning on a schema-valid config (``base_dir``: where relative paths resolve)."""
-    return _file_problems(cfg, base_dir) + _tiny_problems(cfg) + _edit_problems(cfg)
+    return _file_problems(cfg, base_dir) + _tiny_problems(cfg) + _edit_problems(cfg) + _resource_problems(cfg)
 
 
 def load(path: str | os.PathLike) -> dict:

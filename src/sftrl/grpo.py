@@ -70,7 +70,9 @@ def _steps_per_update(cfg: PPOConfig, world: int) -> int:
     return cfg.episodes_per_update // per_step * cfg.ppo_epochs
 
 
-def grpo_args(cfg: PPOConfig, work_dir: str | os.PathLike, num_generations: int = 8, world: int = 1):
+def grpo_args(
+    cfg: PPOConfig, work_dir: str | os.PathLike, num_generations: int = 8, world: int = 1, report_to: str = "none"
+):
     """``GRPOConfig`` for ``cfg`` (see the module docstring for the mapping)."""
     from trl import GRPOConfig
 
@@ -110,7 +112,8 @@ def grpo_args(cfg: PPOConfig, work_dir: str | os.PathLike, num_generations: int 
         save_strategy="steps",
         save_steps=(cfg.save_every or cfg.num_updates) * steps,
         logging_steps=steps,
-        report_to="none",
+        report_to=report_to,  # logging.report_to (beside the JSONL)
+        run_name=Path(work_dir).name,
         dataloader_num_workers=0,
     )
 
@@ -149,6 +152,8 @@ def train_grpo(
     metrics_path: str | os.PathLike,
     num_generations: int = 8,
     dtype: str = "auto",
+    report_to: str = "none",
+    logging_dir: str | os.PathLike | None = None,
 ) -> dict:
     """GRPO from ``model_dir`` on single attempts at ``rl_hands``; the policy goes to ``out_dir``.
 
@@ -163,7 +168,9 @@ def train_grpo(
 
     work_dir, metrics_path = Path(work_dir), Path(metrics_path)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    args = grpo_args(cfg, work_dir, num_generations, world)
+    args = grpo_args(cfg, work_dir, num_generations, world, report_to)
+    if report_to == "tensorboard" and logging_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
     tpl = get_template(template)
     prompts = rl_hands["prompt"].to_list()
     dataset = Dataset.from_dict(

@@ -46,3 +46,53 @@ def job_log(path: str | os.PathLike, threads: int | None = None) -> Iterator[Non
         finally:
             root.removeHandler(handler)
             sys.stdout.flush()
+
+
+# --- training metrics beside the JSONL files: TensorBoard or Weights & Biases -------------------
+
+REPORT_TO = ("none", "tensorboard", "wandb")  # `logging.report_to` in the config
+
+
+def tensorboard_dir(log: str | os.PathLike) -> str:
+    """Where a training job's TensorBoard events go: ``logs/tensorboard/<run>`` beside the job's
+    ``logs/<stage>/<run>.log``, so ``tensorboard --logdir results/<study>/logs/tensorboard``
+    shows every run."""
+    log = Path(log)
+    return str(log.parent.parent / "tensorboard" / log.stem)
+
+
+class MetricsReporter:
+    """Sends each logged row (a dict of numbers) to TensorBoard or Weights & Biases as well.
+
+    ``report_to`` is ``logging.report_to``: ``none`` does nothing; ``tensorboard`` writes event
+    files to ``logging_dir`` (offline); ``wandb`` starts a run named ``run_name`` with the
+    environment's settings (``WANDB_PROJECT``, ``WANDB_MODE``, ...). Only the main process of a
+    launched job reports (the caller creates the reporter there)."""
+
+    def __init__(self, report_to: str, logging_dir: str | os.PathLike | None, run_name: str | None = None):
+        if report_to not in REPORT_TO:
+            raise ValueError(f"logging.report_to: expected one of {', '.join(REPORT_TO)}, got {report_to!r}")
+        self._tb = self._wandb = None
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(logging_dir))
+        elif report_to == "wandb":
+            import wandb
+
+            self._wandb = wandb.init(name=run_name, dir=str(logging_dir) if logging_dir else None)
+
+    def log(self, row: dict, step: int) -> None:
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -577,6 +577,8 @@ def train_ppo(
     stop_after: int | None = None,
     progress: bool = True,
     check=check_formula,
+    report_to: str = "none",
+    logging_dir: str | os.PathLike | None = None,
 ) -> dict:
     """PPO from the checkpoint ``model_dir`` on episodes over ``rl_hands`` (``sftrl.data.make_rl``).
 
@@ -587,11 +589,14 @@ def train_ppo(
     (saving its state, writing no model): an interruption, for tests. ``dtype`` is the weights'
     dtype; ``auto`` keeps float32 (see the module docstring). ``check(formula, numbers,
     arithmetic=...) -> Verdict`` scores the attempts (the study's verifier; tests pass toy rewards).
-    Returns the last update's metrics.
+    ``report_to`` (``none``, ``tensorboard``, ``wandb``) sends each update's metrics there too
+    (``sftrl.logs.MetricsReporter``; TensorBoard's to ``logging_dir``). Returns the last update's
+    metrics.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from sftrl.logs import MetricsReporter
     from sftrl.models import load_model, load_tokenizer, save_model
 
     missing = {"hand_id", "cards", "numbers", "heldout", "prompt"} - set(rl_hands.columns)
@@ -639,6 +644,7 @@ def train_ppo(
             # the rows up to the state (the metrics file is an output: a rerun may have removed it)
             shutil.copyfile(state_dir / "metrics.jsonl", metrics_path)
         _truncate_metrics(metrics_path, start)
+    reporter = MetricsReporter(report_to if accelerator.is_main_process else "none", logging_dir, Path(out_dir).name)
 
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
     pad_id = tokenizer.pad_token_id
@@ -739,10 +745,12 @@ def train_ppo(
         if accelerator.is_main_process:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            reporter.log(row, update)
         bar.set_postfix(reward=f"{row['charts/mean_reward']:.2f}", solved=f"{row['charts/success_rate']:.2f}")
         if (cfg.save_every and update % cfg.save_every == 0) or update == stop_after:
             _save_state(accelerator, work_dir, update, metrics_path, (model, optimizer, scheduler))
     bar.close()
+    reporter.close()
     if not row and metrics_path.exists():  # resumed from the final state: nothing left to train
         lines = metrics_path.read_text().splitlines()
         row = json.loads(lines[-1]) if lines else {}

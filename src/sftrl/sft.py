@@ -165,7 +165,9 @@ def _newest_checkpoint(work_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str | None = None):
+def _sft_config(
+    hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str | None = None, report_to: str = "none"
+):
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
@@ -201,7 +203,8 @@ def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str 
         save_steps=hp.save_every or stop_at,
         save_only_model=False,
         logging_steps=max(1, min(10, stop_at // 20)),
-        report_to="none",
+        report_to=report_to,  # logging.report_to: none | tensorboard | wandb (beside the JSONL)
+        run_name=work_dir.name,
         dataloader_num_workers=0,
         disable_tqdm=False,
         deepspeed=deepspeed,  # a DeepSpeed JSON config (multi-GPU jobs; see sftrl.launch)
@@ -221,6 +224,8 @@ def train_segment(
     metrics_path: str | os.PathLike | None = None,
     chat: bool = False,
     deepspeed: str | os.PathLike | None = None,
+    report_to: str = "none",
+    logging_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Train ``model`` on ``data`` (columns ``prompt``, ``completion``) up to step ``stop_at``.
 
@@ -228,8 +233,9 @@ def train_segment(
     model's weights are taken from it. The newest state in ``work_dir`` wins over it (a requeued
     job). The model is saved to ``model_out`` and, when ``state_out`` is given, the resumable state
     to ``state_out``; both atomically. ``chat`` renders prompt and answer as a user and an
-    assistant turn through the tokenizer's chat template (the paper template). Returns the
-    trainer's final log entry.
+    assistant turn through the tokenizer's chat template (the paper template). ``report_to``
+    (``none``, ``tensorboard``, ``wandb``) logs the trainer's metrics there too, TensorBoard's to
+    ``logging_dir``. Returns the trainer's final log entry.
 
     Under a multi-process launch (``sftrl.launch``) every process calls this; the batch is split
     over them, the weights are gathered (DeepSpeed ZeRO-3 shards them) and only the main process
@@ -252,12 +258,14 @@ def train_segment(
     if hp.max_length is None:  # the model's own context (TRL would otherwise cut at 1024)
         hp = replace(hp, max_length=int(model.config.max_position_embeddings))
     dataset = _dataset(data, tokenizer, chat, hp.max_length)
+    if report_to == "tensorboard" and logging_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)  # transformers 5 reads it here
     callbacks = [_StopAt(stop_at)]
     if metrics_path is not None:
         callbacks.append(_MetricsFile(Path(metrics_path)))
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(hp, work_dir, stop_at, str(deepspeed) if deepspeed else None),
+        args=_sft_config(hp, work_dir, stop_at, str(deepspeed) if deepspeed else None, report_to),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=callbacks,

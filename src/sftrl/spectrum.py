@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from sftrl.atomic import write_parquet
 from sftrl.checkpoints import Checkpoint, CheckpointError, SafetensorsWriter, aligned, natural_key
+from sftrl.constants import BANDS, MATRIX_TYPES
 
-MATRIX_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
-BANDS = ("head", "bulk", "tail")
 # Language-model decoder layers only: `model.layers.N.` (Llama, Qwen), `language_model.model.layers.N.`
 # (Mllama on disk) and `model.language_model.layers.N.` (Mllama in transformers 5). The vision
 # tower (`vision_model.transformer.layers.N.`) and Mllama's `cross_attn.*` projections do not match.
