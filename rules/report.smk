@@ -29,7 +29,7 @@ rule plot:
 
 rule report_table:
     input:
-        R("tables/{table}.md"),
+        R("tables/{table}.csv"),
     output:
         report(
             R("report/tables/{table}.html"),

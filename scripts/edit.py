@@ -2,7 +2,7 @@
 
 from sftrl.edits import edit_checkpoint, layer_reset
 from sftrl.logs import job_log
-from sftrl.tables import parse_edit_name
+from sftrl.study import parse_edit_name
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

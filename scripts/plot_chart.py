@@ -2,13 +2,14 @@
 
 from sftrl import plots
 from sftrl.logs import job_log
+from sftrl.tables import read_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 
 
 def table(name):
     path = sm.input.get(name)
-    return None if path is None else plots.read_table(path)
+    return None if path is None else read_table(path)
 
 
 with job_log(sm.log[0]):

@@ -209,9 +209,9 @@ def test_missing_columns_name_the_plot():
 def test_read_table_reads_empty_columns_as_numbers(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("step,recovery_pct\n25,\n50,\n")
-    assert plots.read_table(path).schema["recovery_pct"] == pl.Float64
+    assert tables.read_table(path).schema["recovery_pct"] == pl.Float64
     with pytest.raises(ValueError, match="missing.csv"):
-        plots.read_table(tmp_path / "missing.csv")
+        tables.read_table(tmp_path / "missing.csv")
 
 
 def test_save_chart_writes_offline_html_png_svg_deterministically(frames, tmp_path):

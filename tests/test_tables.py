@@ -5,7 +5,7 @@ import json
 import polars as pl
 import pytest
 
-from sftrl import tables
+from sftrl import study, tables
 
 
 def _summary(tmp_path, model, split, acc, n=234):
@@ -49,12 +49,6 @@ def test_sft_trajectory_rows_columns_and_order(tmp_path):
     tables.write_table(df, csv, md, tables.TRAJECTORY_MARKDOWN, tables.TRAJECTORY_FOOTNOTE)
     text = md.read_text()
     assert text.endswith("\n\n" + tables.TRAJECTORY_FOOTNOTE + "\n") and len(text.splitlines()) == 7
-
-
-def test_model_step_rejects_other_names():
-    assert tables.model_step("base") == 0 and tables.model_step("sft-1600") == 1600
-    with pytest.raises(ValueError, match="ppo-800"):
-        tables.model_step("ppo-800")
 
 
 def test_recovery_formula_reproduces_the_studys_figures():
@@ -120,13 +114,13 @@ def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
     ],
 )
 def test_parse_edit_name(name, expected):
-    parsed = tables.parse_edit_name(name)
+    parsed = study.parse_edit_name(name)
     assert {k: parsed[k] for k in expected} == expected
 
 
 def test_parse_edit_name_rejects_other_names():
     with pytest.raises(ValueError, match="not an edited model name"):
-        tables.parse_edit_name("uvmerge-sft-50-top0.2")
+        study.parse_edit_name("uvmerge-sft-50-top0.2")
 
 
 def test_edit_tables_recovery_and_order(tmp_path):
@@ -320,20 +314,21 @@ def test_spectrum_summary_orders_pairs_whatever_the_input_order(tmp_path):
 # --- tables in the report ------------------------------------------------------------------------
 
 
-def test_report_table_html_shows_every_cell_and_loads_nothing(tmp_path):
-    md = "| stage | OOD % |\n|---|---|\n| Premax | 18.8 [14.3, 24.3] |\n| RL <b> | – |\n"
-    page = tables.report_table_html(md, "Stage table", caption="Source: x.md")
-    assert "<th>stage</th><th>OOD %</th>" in page
+def test_report_page_shows_the_tables_data_through_its_view_and_loads_nothing():
+    df = pl.DataFrame(
+        {"stage": ["Premax", "RL <b>"], "model": ["sft-10", "ppo-400"], "id_accuracy": [0.5, 0.6], "id_ci_low": [0.4, 0.5],
+         "id_ci_high": [0.6, 0.7], "ood_accuracy": [0.188, None], "ood_ci_low": [0.143, None], "ood_ci_high": [0.243, None],
+         "recovery_ood_pct": [None, 40.0], "recovery_id_pct": [None, None]}
+    )
+    page = tables.report_page(df, tables.STAGES_MARKDOWN, "Stage table", caption="Source: x.csv", footnote="Note.")
+    assert "<th>stage</th><th>model</th><th>ID acc % [95% CI]</th>" in page
     assert '<td class="num">18.8 [14.3, 24.3]</td>' in page
     assert "<td>RL &lt;b&gt;</td>" in page  # escaped
+    assert '<td class="num">–</td>' in page and '<p class="caption">Note.</p>' in page
     assert "<script" not in page and "http" not in page
-
-
-def test_parse_markdown_table_names_the_file_and_line():
-    with pytest.raises(ValueError, match=r"t\.md:4: 1 cells, but the header has 2"):
-        tables.parse_markdown_table("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 |\n", "t.md")
-    with pytest.raises(ValueError, match="t.md: not a Markdown pipe table"):
-        tables.parse_markdown_table("just text\n", "t.md")
+    # the same cells as the Markdown view
+    md = tables.to_markdown(df, tables.STAGES_MARKDOWN)
+    assert "| Premax | sft-10 | 50.0 [40.0, 60.0] | 18.8 [14.3, 24.3] | – | – |" in md
 
 
 # --- the RL sweep ------------------------------------------------------------------------------

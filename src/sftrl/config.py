@@ -24,6 +24,9 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+# the study's names and layer ranges (re-exported: the workflow imports them from here too)
+from sftrl.study import band_name, format_layers, layer_range, layers_name, study_models, sweep_variants
+
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 SHORT = 200  # characters of a value shown in a message
@@ -391,23 +394,22 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"({sft['per_device_batch_size']})"
         )
     problems += _precision_problems(cfg)
-    rl = cfg.get("rl")
-    if rl and rl.get("from"):
+    rl = cfg["rl"]
+    if rl["from"]:
         unknown = sorted(set(rl["from"]) - set(sft["checkpoints"]))
         if unknown:
             problems.append(f"rl.from: steps {unknown} are not in sft.checkpoints {sorted(sft['checkpoints'])}")
     sweep = cfg.get("rl_sweep")
-    if rl:
-        from sftrl.ppo import PPOConfig
+    from sftrl.ppo import PPOConfig
 
-        # rl: itself, then each sweep variant's overrides on top of it
-        base = {k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")}
-        runs = {"rl": {}} | {f"rl_sweep.variants.{n}": o for n, o in sweep_variants(cfg).items()}
-        for key, overrides in runs.items():
-            try:
-                PPOConfig.from_dict({**base, **overrides})
-            except ValueError as err:
-                problems.append(f"{key}: {err}")
+    # rl: itself, then each sweep variant's overrides on top of it
+    base = {k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")}
+    runs = {"rl": {}} | {f"rl_sweep.variants.{n}": o for n, o in sweep_variants(cfg).items()}
+    for key, overrides in runs.items():
+        try:
+            PPOConfig.from_dict({**base, **overrides})
+        except ValueError as err:
+            problems.append(f"{key}: {err}")
     if sweep:
         unknown = sorted(set(sweep["from"]) - set(sft["checkpoints"]))
         if unknown:
@@ -455,15 +457,6 @@ def results_dir(study: str, base_dir: Path) -> Path:
         raise ValueError(f"study: {short(study)} would write outside {results}")
     return path
 
-
-def study_models(cfg: dict) -> list[str]:
-    """The models the study trains: base, every SFT checkpoint and every RL run (named by its
-    algorithm: ``ppo-<step>`` or ``grpo-<step>``)."""
-    steps = sorted(cfg["sft"]["checkpoints"])
-    rl = cfg.get("rl")
-    rl_steps = sorted((rl.get("from") or steps)) if rl else []
-    algorithm = rl["algorithm"] if rl else "ppo"
-    return ["base"] + [f"sft-{s}" for s in steps] + [f"{algorithm}-{s}" for s in rl_steps]
 
 
 # --- keys that belong to one model source ---------------------------------------------------------
@@ -516,30 +509,6 @@ def model_depth(cfg: dict) -> int | None:
         return None
 
 
-def layers_name(lo: float, hi: float) -> str:
-    """The name part of a layer reset (the workflow's edited-model names use it): the range of
-    layers as fractions of the depth, ``layers0-0.25``."""
-    return f"layers{lo:g}-{hi:g}"
-
-
-def layer_range(lo: float, hi: float, depth: int) -> list[int]:
-    """The decoder layers ``[lo, hi)`` of a ``depth``-layer model, the ends rounded to the nearest
-    layer: ``[0, 0.25)`` is layer 0 of 4, layers 0-9 of 40 and 0-6 of 28 (the study's "first 25%
-    of layers"). Empty when the range is narrower than a layer."""
-    return list(range(math.floor(lo * depth + 0.5), math.floor(hi * depth + 0.5)))
-
-
-def format_layers(layers: list[int]) -> str:
-    """[0, 1, 2, 3, 8] → "0-3,8"."""
-    runs: list[list[int]] = []
-    for i in layers:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs) or "none"
-
-
 def layer_reset_problems(ranges: list, depth: int | None, key: str = "edits.layer_reset") -> list[str]:
     """Each ``[from, to)`` must be a non-empty range of fractions and, where the depth is known,
     hold at least one layer; no two ranges may give the same name."""
@@ -561,16 +530,8 @@ def layer_reset_problems(ranges: list, depth: int | None, key: str = "edits.laye
     return problems
 
 
-def band_name(top: float, bottom: float) -> str:
-    """The name part of a spectral edit's fractions (the workflow's edited-model names use it):
-    ``top0.2``, ``top0.1-bottom0.1``."""
-    return f"top{top:g}" + (f"-bottom{bottom:g}" if bottom else "")
-
-
 def _edit_problems(cfg: dict) -> list[str]:
-    edits = cfg.get("edits")
-    if not edits:
-        return []
+    edits = cfg["edits"]
     problems = []
     models = study_models(cfg)
     for key, special in (("donor", "best-ood"), ("target", "last")):
@@ -596,8 +557,6 @@ def _edit_problems(cfg: dict) -> list[str]:
                     "make the fractions differ in their first 6 digits"
                 )
             names.setdefault(name, i)
-    if (edits["uv_merge"] or edits["sigma_swap"] or edits["triplet_swap"]) and "spectrum" not in cfg:
-        problems.append("spectrum: required by the spectral edits in edits (they reuse its SVDs)")
     return problems
 
 
@@ -644,13 +603,6 @@ def positions_needed(cfg: dict) -> dict[str, tuple[int, str]]:
             if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (turns, new_tokens)):
                 needs[f"rl_sweep.variants.{name}"] = episode(turns, new_tokens, "rl")  # bad types: PPOConfig says
     return needs
-
-
-def sweep_variants(cfg: dict) -> dict[str, dict]:
-    """``rl_sweep.variants`` (a list, so that a study's file replaces it whole rather than merging
-    into the default's) as ``{name: overrides of rl}``."""
-    variants = (cfg.get("rl_sweep") or {}).get("variants") or []
-    return {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in variants}
 
 
 def tiny_parameters(arch: dict, vocab: int = 64) -> int:

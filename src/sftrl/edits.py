@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from sftrl.checkpoints import DEFAULT_MAX_SHARD_BYTES, Checkpoint, CheckpointError, ShardWriter
-from sftrl.config import format_layers
+from sftrl.study import format_layers
 from sftrl.spectrum import SvdFile, format_types, layer_of, parse_types, resolve_device, select_matrices
 
 METHODS = ("uv-merge", "sigma-swap", "triplet-swap")

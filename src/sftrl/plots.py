@@ -397,17 +397,6 @@ def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-def read_table(path: str | os.PathLike) -> pl.DataFrame:
-    """A table CSV written by `sftrl.tables`; columns that are empty throughout (e.g. no
-    recovery % defined) are read as Float64, not String. Errors name the file."""
-    try:
-        df = pl.read_csv(path, infer_schema_length=None)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read the table: {err}") from err
-    empty = [c for c, t in df.schema.items() if t == pl.String and df[c].null_count() == df.height]
-    return df.with_columns(pl.col(empty).cast(pl.Float64)) if empty else df
-
-
 def save_chart(chart: alt.TopLevelMixin, html: str | os.PathLike | None = None, png: str | os.PathLike | None = None,
                svg: str | os.PathLike | None = None, scale: float = 2.0) -> None:
     """Write the chart as standalone offline HTML (JavaScript inlined), PNG (``scale`` × pixels)
