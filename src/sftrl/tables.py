@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from sftrl.atomic import write_text
+from sftrl.constants import BANDS, MATRIX_TYPES
 
 SUMMARY_FIELDS = (
     "accuracy",
@@ -486,8 +487,6 @@ def spectrum_summary(paths: list[str | os.PathLike]) -> pl.DataFrame:
     (`pair_sort_key`: base → SFT, SFT → SFT, SFT → RL, each by step), then matrix type (q, k, v,
     o, gate, up, down) and band (head, bulk, tail).
     """
-    from sftrl.spectrum import BANDS, MATRIX_TYPES
-
     frames = []
     named = sorted(((split_pair(path, ".parquet"), path) for path in paths), key=lambda t: pair_sort_key(*t[0]))
     for i, ((a, b), path) in enumerate(named):
@@ -606,8 +605,6 @@ def spectrum_profile(paths: Iterable[str | os.PathLike], max_points: int = 128) 
     place a bin as a fraction of the spectrum (0 = largest σ); ``band`` is the band of its first
     index. Rows: pairs by `pair_sort_key`, then matrix type, then index.
     """
-    from sftrl.spectrum import MATRIX_TYPES
-
     if max_points < 1:
         raise ValueError(f"max_points must be at least 1, got {max_points}")
     named = sorted(((split_pair(p, ".index.parquet"), p) for p in paths), key=lambda t: pair_sort_key(*t[0]))
@@ -669,6 +666,52 @@ def write_csv(df: pl.DataFrame, csv: str | os.PathLike) -> None:
     """A CSV of every column, atomically."""
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     write_text(df.write_csv(), csv)
+
+
+# --- job records (Snakemake's benchmark: files) -------------------------------------------------
+
+# Stages in pipeline order; a job's stage is its benchmark file's directory (benchmarks/<stage>/).
+BENCHMARK_STAGES = ("base", "sft", "rl", "evaluate", "svd", "spectrum", "edits")
+BENCHMARK_MARKDOWN = {
+    "stage": ("raw", "stage"),
+    "job": ("raw", "job"),
+    "wall time (s)": ("raw1", "seconds"),
+    "CPU time (s)": ("raw1", "cpu_seconds"),
+    "peak memory (MB)": ("raw1", "max_rss_mb"),
+}
+BENCHMARK_FOOTNOTE = (
+    "One row per job of the stages that train, evaluate or decompose, from Snakemake's "
+    "`benchmark:` records (`benchmarks/<stage>/<job>.tsv`): wall time, CPU time and peak resident "
+    "memory (RSS) of the job's processes. A job that ran again shows its last run."
+)
+
+
+def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
+    """The benchmark records ``benchmarks/<stage>/<job>.tsv`` as one table: stage, job, wall time
+    (s), CPU time (s) and peak RSS (MB); rows by stage (pipeline order), then job (natural order)."""
+    rows = []
+    for path in map(Path, paths):
+        record = pl.read_csv(path, separator="\t", null_values=["NA", "-", ""], infer_schema_length=0)
+        last = record.row(-1, named=True)  # one row per run; `benchmark: repeat(...)` adds more
+
+        def number(column):
+            value = last.get(column)
+            return None if value is None else float(value)
+
+        rows.append(
+            {
+                "stage": path.parent.name,
+                "job": path.stem,
+                "seconds": number("s"),
+                "cpu_seconds": number("cpu_time"),
+                "max_rss_mb": number("max_rss"),
+            }
+        )
+    order = {stage: i for i, stage in enumerate(BENCHMARK_STAGES)}
+    natural = lambda text: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]  # noqa: E731
+    rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"], natural(r["job"])))
+    schema = {"stage": pl.String, "job": pl.String, "seconds": pl.Float64, "cpu_seconds": pl.Float64, "max_rss_mb": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
 
 
 # --- tables for the Snakemake report -----------------------------------------------------------
