@@ -1,26 +1,29 @@
-# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint.
+# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint. The wildcard `start` is
+# the SFT step a run starts from (named apart from sft's `step`, so `snakemake --dag` shows it).
 
 
 rule rl:
     input:
-        model=R("models/sft-{step}"),
+        model=R("models/sft-{start}"),
         data=R("data/rl.parquet"),
     output:
-        model=directory(R("models/ppo-{step}")),
-        metrics=R("logs/ppo-{step}/metrics.jsonl"),
+        model=directory(R("models/ppo-{start}")),
+        metrics=R("logs/ppo-{start}/metrics.jsonl"),
     log:
-        R("logs/rl/ppo-{step}.log"),
+        R("logs/rl/ppo-{start}.log"),
+    benchmark:
+        R("benchmarks/rl/ppo-{start}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("rl"),
     params:
+        code=code("rl.py", "sftrl.ppo", "sftrl.grpo"),
         rl=rl_hparams,
-        distributed=distributed(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-        work=lambda wc: R("train/ppo-" + "-".join(wc)),  # ppo-<step>[-<variant>]
+        work=lambda wc: R("train/ppo-" + "-".join(wc)),  # ppo-<start>[-<variant>]
     script:
         "../scripts/rl.py"
 
@@ -30,10 +33,12 @@ rule rl:
 # Its params are rl's: rl_hparams adds the variant's overrides, the work directory follows the output.
 use rule rl as rl_variant with:
     output:
-        model=directory(R("models/ppo-{step}-{variant}")),
-        metrics=R("logs/ppo-{step}-{variant}/metrics.jsonl"),
+        model=directory(R("models/ppo-{start}-{variant}")),
+        metrics=R("logs/ppo-{start}-{variant}/metrics.jsonl"),
     log:
-        R("logs/rl/ppo-{step}-{variant}.log"),
+        R("logs/rl/ppo-{start}-{variant}.log"),
+    benchmark:
+        R("benchmarks/rl/ppo-{start}-{variant}.tsv")
 
 
 rule table_rl_sweep:
@@ -53,6 +58,7 @@ rule table_rl_sweep:
     resources:
         **res("tables"),
     params:
+        code=code("table_rl_sweep.py"),
         variants=RL_VARIANTS,
     script:
         "../scripts/table_rl_sweep.py"
@@ -71,5 +77,7 @@ rule table_rl_recovery:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_rl_recovery.py"),
     script:
         "../scripts/table_rl_recovery.py"
