@@ -8,12 +8,15 @@ rule base:
         directory(R("models/base")),
     log:
         R("logs/base/base.log"),
+    benchmark:
+        R("benchmarks/base/base.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("base"),
     params:
+        code=code("base.py"),
         model=config["model"],
         train=config.get("base"),
         metrics=R("logs/base/metrics.jsonl"),

@@ -18,6 +18,9 @@ from sftrl.config import (
     sweep_variants,
     validate,
 )
+from sftrl.constants import RUN_ONLY
+from sftrl.fingerprint import code_fingerprint
+from sftrl.launch import gpu_count
 
 # A resource group a study file sets replaces config.yaml's group whole (Snakemake merges key by key).
 replace_resource_groups(config, workflow.config_settings.overwrite_config)
@@ -62,6 +65,7 @@ DEPTH = model_depth(config)  # decoder layers (model.path is checked above when 
 
 wildcard_constraints:
     step=r"\d+",
+    start=r"\d+",
     split="id|ood",
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     a=r"base|sft-\d+|(?:ppo|grpo)-\d+",
@@ -83,29 +87,32 @@ def res(group):
 
     cpus_per_task and cpus_per_gpu exclude each other (the SLURM plugin takes cpus_per_task
     first, and a paper config's group inherits config.yaml's cpus_per_task): a job with GPUs
-    keeps cpus_per_gpu when it has one, a job without keeps cpus_per_task."""
+    keeps cpus_per_gpu when it has one, a job without keeps cpus_per_task. A job with several
+    GPUs runs one process per GPU on its node (sftrl.launch), so it asks for one node.
+    """
     merged = {**config["resources"]["default"], **config["resources"].get(group, {})}
-    if merged.get("gpu") and "cpus_per_gpu" in merged:
+    gpus = gpu_count(merged)
+    if gpus and "cpus_per_gpu" in merged:
         merged.pop("cpus_per_task", None)
-    elif not merged.get("gpu"):
+    elif not gpus:
         merged.pop("cpus_per_gpu", None)
+    if gpus > 1:
+        merged.setdefault("nodes", 1)
     return merged
 
 
-def distributed():
-    """`distributed` with each DeepSpeed config as an absolute path: relative to the working
-    directory, or else to this repository (the shipped config/deepspeed/*.json)."""
-    out = {
-        **config["distributed"],
-        "deepspeed": dict(config["distributed"]["deepspeed"]),
-    }
-    for kind, name in out["deepspeed"].items():
-        if name and not os.path.isabs(name):
-            here = Path(name).resolve()
-            out["deepspeed"][kind] = str(
-                here if here.exists() else Path(workflow.basedir) / name
-            )
-    return out
+def code(script, *modules):
+    """A hash of the code a job runs (sftrl.fingerprint), the script in scripts/ with the sftrl
+    modules it imports and ``modules`` (the trainer a launched job runs). A param of every rule
+    that runs code, so an edit of that code reruns its jobs; a touched file does not."""
+    return code_fingerprint(Path(workflow.basedir) / "scripts" / script, *modules)
+
+
+def results_settings(section):
+    """A config section without its run-only keys (RUN_ONLY: batch sizes for memory, state
+    saving): what a job's results depend on. The scripts read the rest from the config.
+    """
+    return {k: v for k, v in config[section].items() if k not in RUN_ONLY[section]}
 
 
 def holdout():
@@ -128,10 +135,12 @@ def rl_models():
 
 
 def rl_hparams(wildcards=None):
-    """The RL settings a run depends on (`rl.from` only chooses which runs exist); a sweep
-    variant's overrides (`rl_sweep.variants`, by name) on top."""
-    hp = {k: v for k, v in config["rl"].items() if k != "from"}
-    hp["arithmetic"] = config["eval"]["arithmetic"]  # the verifier scores RL as it scores evaluation
+    """The RL settings a run depends on (`rl.from` only chooses which runs exist, run-only keys
+    change no result), the verifier's arithmetic (RL is scored as evaluation is); a sweep
+    variant's overrides (`rl_sweep.variants`, by name) on top.
+    """
+    hp = {k: v for k, v in results_settings("rl").items() if k != "from"}
+    hp["arithmetic"] = config["eval"]["arithmetic"]
     if wildcards is not None and "variant" in wildcards.keys():
         hp |= RL_VARIANTS[wildcards.variant]
     return hp
@@ -169,7 +178,9 @@ def sft_hparams():
     """The SFT settings a segment depends on. The checkpoint list is left out on purpose: adding
     a checkpoint must not re-run the segments that already exist."""
     return {
-        k: v for k, v in config["sft"].items() if k not in ("checkpoints", "keep_state")
+        k: v
+        for k, v in results_settings("sft").items()
+        if k not in ("checkpoints", "keep_state")
     }
 
 
@@ -358,6 +369,7 @@ RESULTS = {
     "principal-angles": ("2. Spectra", "Principal angles by index"),
     "uv-merge": ("3. Edits", "UV merge, sigma swap and triplet swap"),
     "layer-reset": ("3. Edits", "Layer reset"),
+    "benchmarks": ("4. Jobs", "Run time and peak memory of every job"),
 }
 
 
@@ -393,7 +405,7 @@ def report_table_names():
         names.append("spectrum")
     if "edits" in config:
         names += ["uv-merge", "layer-reset"]
-    return names
+    return names + ["benchmarks"]
 
 
 def plot_inputs(wildcards):

@@ -11,6 +11,7 @@ rule data_sft:
     resources:
         **res("data"),
     params:
+        code=code("data.py"),
         kind="sft",
         n=config["data"]["sft_size"],
         answer=config["data"]["answer"],
@@ -31,6 +32,7 @@ rule data_rl:
     resources:
         **res("data"),
     params:
+        code=code("data.py"),
         kind="rl",
         n=config["data"]["rl_size"],
         seed=config["data"]["seed"] + 1,
@@ -50,6 +52,7 @@ rule data_eval:
     resources:
         **res("data"),
     params:
+        code=code("data.py"),
         kind=lambda wc: f"eval-{wc.split}",
         n=config["data"]["eval_size"],
         seed=config["data"]["eval_seed"],
@@ -69,6 +72,7 @@ rule data_pretrain:
     resources:
         **res("data"),
     params:
+        code=code("data.py"),
         kind="pretrain",
         n=config["data"].get("pretrain_size", 0),
         answer=config["data"]["answer"],

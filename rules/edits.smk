@@ -8,12 +8,15 @@ rule edit:
         edited(directory(R("models/{method}-{donor}-into-{target}-{param}"))),
     log:
         R("logs/edits/{method}-{donor}-into-{target}-{param}.log"),
+    benchmark:
+        R("benchmarks/edits/{method}-{donor}-into-{target}-{param}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("edit"),
     params:
+        code=code("edit.py"),
         types=config["edits"]["types"],
         embeddings=config["edits"]["layer_reset_embeddings"],
         layers=lambda wc: reset_layers().get(wc.param),  # layer resets: the layer ids
@@ -44,5 +47,7 @@ rule table_edits:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_edits.py"),
     script:
         "../scripts/table_edits.py"

@@ -11,14 +11,17 @@ rule evaluate:
         summaries=expand(R("eval/{{model}}/{split}.json"), split=SPLITS),
     log:
         R("logs/evaluate/{model}.log"),
+    benchmark:
+        R("benchmarks/evaluate/{model}.tsv")
     conda:
         "../envs/training.yaml"
     threads: 1
     resources:
         **res("evaluate"),
     params:
+        code=code("evaluate.py"),
         splits=SPLITS,
-        eval=config["eval"],
+        eval=results_settings("eval"),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
     script:

@@ -18,18 +18,47 @@ rule plot:
     log:
         R("logs/plots/{plot}.log"),
     wildcard_constraints:
-        plot="|".join(n for n in RESULTS if n != "spectrum"),
+        plot="|".join(n for n in RESULTS if n not in ("spectrum", "benchmarks")),
     conda:
         "../envs/plotting.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("plot_chart.py"),
     script:
         "../scripts/plot_chart.py"
 
 
+# Job records: the benchmark: files of every job that trains, evaluates or decomposes, as a
+# table (and a page of the report). Its inputs are the study's results, so it runs last.
+rule table_benchmarks:
+    input:
+        eval_targets(),
+        table_targets(),
+        spectrum_targets,
+        edit_eval_targets,
+    output:
+        csv=R("benchmarks/summary.csv"),
+        md=R("benchmarks/summary.md"),
+    log:
+        R("logs/tables/benchmarks.log"),
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        **res("tables"),
+    params:
+        code=code("table_benchmarks.py"),
+    script:
+        "../scripts/table_benchmarks.py"
+
+
 rule report_table:
     input:
-        R("tables/{table}.csv"),
+        lambda wc: R(
+            "benchmarks/summary.csv"
+            if wc.table == "benchmarks"
+            else f"tables/{wc.table}.csv"
+        ),
     output:
         report(
             R("report/tables/{table}.html"),
@@ -49,6 +78,7 @@ rule report_table:
     resources:
         **res("tables"),
     params:
+        code=code("table_report_html.py"),
         title=lambda wc: RESULTS[wc.table][1],
     script:
         "../scripts/table_report_html.py"

@@ -1,26 +1,30 @@
-# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint: models/ppo-<step> (grpo-<step>).
+# RL after SFT: one PPO (or GRPO) run from each chosen SFT checkpoint: models/ppo-<start> (grpo-<start>).
+# The wildcard `start` is the SFT step a run starts from (named apart from sft's `step`, so
+# `snakemake --dag` shows it).
 
 
 rule rl:
     input:
-        model=R("models/sft-{step}"),
+        model=R("models/sft-{start}"),
         data=R("data/rl.parquet"),
     output:
-        model=directory(R(f"models/{RL_ALGORITHM}-{{step}}")),
-        metrics=R(f"logs/{RL_ALGORITHM}-{{step}}/metrics.jsonl"),
+        model=directory(R(f"models/{RL_ALGORITHM}-{{start}}")),
+        metrics=R(f"logs/{RL_ALGORITHM}-{{start}}/metrics.jsonl"),
     log:
-        R(f"logs/rl/{RL_ALGORITHM}-{{step}}.log"),
+        R(f"logs/rl/{RL_ALGORITHM}-{{start}}.log"),
+    benchmark:
+        R(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("rl"),
     params:
+        code=code("rl.py", "sftrl.ppo", "sftrl.grpo"),
         rl=rl_hparams,
-        distributed=distributed(),
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-        work=lambda wc: R(f"train/{RL_ALGORITHM}-" + "-".join(wc)),  # <algorithm>-<step>[-<variant>]
+        work=lambda wc: R(f"train/{RL_ALGORITHM}-" + "-".join(wc)),  # <algorithm>-<start>[-<variant>]
     script:
         "../scripts/rl.py"
 
@@ -30,10 +34,12 @@ rule rl:
 # Its params are rl's: rl_hparams adds the variant's overrides, the work directory follows the output.
 use rule rl as rl_variant with:
     output:
-        model=directory(R(f"models/{RL_ALGORITHM}-{{step}}-{{variant}}")),
-        metrics=R(f"logs/{RL_ALGORITHM}-{{step}}-{{variant}}/metrics.jsonl"),
+        model=directory(R(f"models/{RL_ALGORITHM}-{{start}}-{{variant}}")),
+        metrics=R(f"logs/{RL_ALGORITHM}-{{start}}-{{variant}}/metrics.jsonl"),
     log:
-        R(f"logs/rl/{RL_ALGORITHM}-{{step}}-{{variant}}.log"),
+        R(f"logs/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.log"),
+    benchmark:
+        R(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.tsv")
 
 
 rule table_rl_sweep:
@@ -53,6 +59,7 @@ rule table_rl_sweep:
     resources:
         **res("tables"),
     params:
+        code=code("table_rl_sweep.py"),
         variants=RL_VARIANTS,
     script:
         "../scripts/table_rl_sweep.py"
@@ -71,5 +78,7 @@ rule table_rl_recovery:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_rl_recovery.py"),
     script:
         "../scripts/table_rl_recovery.py"

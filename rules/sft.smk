@@ -15,16 +15,18 @@ rule sft:
         ),
     log:
         R("logs/sft/sft-{step}.log"),
+    benchmark:
+        R("benchmarks/sft/sft-{step}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("sft"),
     params:
+        code=code("sft.py", "sftrl.sft"),
         hp=sft_hparams(),
         dtype=config["model"]["dtype"],
         template=config["model"]["template"],
-        distributed=distributed(),
         work=lambda wc: R(f"train/sft/work-{wc.step}"),
         metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
     script:

@@ -12,6 +12,8 @@ checkpoint peak_ood:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("peak_ood.py"),
     script:
         "../scripts/peak_ood.py"
 
@@ -23,12 +25,15 @@ rule svd:
         R("svd/{model}.safetensors"),
     log:
         R("logs/svd/{model}.log"),
+    benchmark:
+        R("benchmarks/svd/{model}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("svd"),
     params:
+        code=code("svd.py"),
         types=config["spectrum"]["types"],
         factors=config["spectrum"]["factors"],
     script:
@@ -43,12 +48,15 @@ rule spectrum:
         index=R("spectrum/{a}--{b}.index.parquet"),
     log:
         R("logs/spectrum/{a}--{b}.log"),
+    benchmark:
+        R("benchmarks/spectrum/{a}--{b}.tsv")
     conda:
         "../envs/training.yaml"
     threads: config["threads"]
     resources:
         **res("spectrum"),
     params:
+        code=code("spectrum.py"),
         types=config["spectrum"]["types"],
         k_frac=config["spectrum"]["k_frac"],
         band=config["spectrum"]["band"],
@@ -68,5 +76,7 @@ rule table_spectrum:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_spectrum.py"),
     script:
         "../scripts/table_spectrum.py"

@@ -15,6 +15,8 @@ rule table_sft_trajectory:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_sft_trajectory.py"),
     script:
         "../scripts/table_sft_trajectory.py"
 
@@ -35,6 +37,7 @@ rule table_stages:
     resources:
         **res("tables"),
     params:
+        code=code("table_stages.py"),
         moderate=moderate_model(),
         rl=moderate_rl_model() if moderate_model() else None,
     script:
@@ -55,5 +58,7 @@ rule table_spectrum_profile:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
+    params:
+        code=code("table_spectrum_profile.py"),
     script:
         "../scripts/table_spectrum_profile.py"

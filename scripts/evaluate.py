@@ -1,4 +1,6 @@
-"""Rule evaluate: play the fixed ID and OOD hands with one model (see sftrl.evaluate)."""
+"""Rule evaluate: play the fixed ID and OOD hands with one model (see sftrl.evaluate).
+
+eval.batch_size (run-only: memory, not results) comes from the config, not from params."""
 
 import json
 
@@ -12,7 +14,8 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 e = sm.params.eval
 with job_log(sm.log[0], sm.threads):
     settings = GenerationSettings(
-        max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"], decoding=e["decoding"], seed=e["seed"]
+        max_new_tokens=e["max_new_tokens"],
+        batch_size=sm.config["eval"]["batch_size"], decoding=e["decoding"], seed=e["seed"]
     )
     hands = {split: pl.read_parquet(path) for split, path in zip(sm.params.splits, sm.input.hands, strict=True)}
     results = evaluate_model(

@@ -1,16 +1,23 @@
 """Rule rl: PPO (the study's algorithm) or GRPO from one SFT checkpoint (see sftrl.ppo).
 
 A job given several GPUs runs on one process per GPU through `accelerate launch` (sftrl.launch).
+Run-only settings (sftrl.constants.RUN_ONLY), the launcher and logging come from the config, not
+from params: changing them reruns nothing (a sweep variant's own run-only keys are params).
 """
 
+from pathlib import Path
+
 from sftrl import launch
-from sftrl.logs import job_log
+from sftrl.constants import RUN_ONLY
+from sftrl.logs import job_log, tensorboard_dir
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
+dist = sm.config["distributed"]
 with job_log(sm.log[0], sm.threads):
+    deepspeed = launch.deepspeed_config(dist["deepspeed"]["rl"], Path(sm.scriptdir).parent)
     spec = dict(
-        rl=p.rl,
+        rl={**{k: sm.config["rl"][k] for k in RUN_ONLY["rl"] if k in sm.config["rl"]}, **p.rl},
         model=sm.input.model,
         data=sm.input.data,
         template=p.template,
@@ -18,13 +25,15 @@ with job_log(sm.log[0], sm.threads):
         work_dir=p.work,
         metrics=sm.output.metrics,
         dtype=p.dtype,
+        report_to=sm.config.get("logging", {}).get("report_to", "none"),
+        logging_dir=tensorboard_dir(sm.log[0]),
     )
     result = launch.run(
         "rl",
         spec,
-        processes=getattr(sm.resources, "gpu", 0),
-        deepspeed=p.distributed["deepspeed"]["rl"],
-        launcher=p.distributed["launcher"],
+        processes=launch.gpu_count(sm.resources),
+        deepspeed=deepspeed,
+        launcher=dist["launcher"],
         spec_dir=p.work,
         threads=sm.threads,
     )

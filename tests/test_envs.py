@@ -4,8 +4,11 @@ names one, and their packages agree with pyproject.toml."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata as md
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -36,8 +39,10 @@ def pyproject() -> dict:
 
 
 def project_requirements() -> dict[str, Requirement]:
-    # the runtime dependencies and the GPU-only extra (DeepSpeed, in the training env)
-    reqs = [Requirement(r) for r in pyproject()["dependencies"] + pyproject()["optional-dependencies"]["deepspeed"]]
+    # the runtime dependencies and the extras of the training env (DeepSpeed for GPU nodes,
+    # TensorBoard for logging.report_to)
+    extras = pyproject()["optional-dependencies"]
+    reqs = [Requirement(r) for r in pyproject()["dependencies"] + extras["deepspeed"] + extras["tensorboard"]]
     return {canonical(r.name): r for r in reqs}
 
 
@@ -65,7 +70,7 @@ def read_env(name: str) -> tuple[dict[str, SpecifierSet], dict[str, Requirement]
 
 
 def env_names() -> list[str]:
-    return sorted(p.stem for p in ENVS.glob("*.yaml"))
+    return sorted(p.stem for p in ENVS.glob("*.yaml"))  # not the pin files (*.linux-64.pin.txt)
 
 
 def rule_blocks() -> dict[str, str]:
@@ -219,3 +224,136 @@ def test_every_env_holds_what_its_rules_import(env_imports):
 def test_driver_only_packages_are_not_imported_by_rules(env_imports):
     imported = set().union(*env_imports.values())
     assert not imported & DRIVER_ONLY, f"rules import {sorted(imported & DRIVER_ONLY)}: add to their env"
+
+
+# --- pinned environments -------------------------------------------------------------------------
+
+
+def read_pins(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(conda specs, pip pins) of envs/<name>.linux-64.pin.txt: name -> version or range."""
+    conda, pip = {}, {}
+    for line in (ENVS / f"{name}.linux-64.pin.txt").read_text().splitlines():
+        if line.startswith("# pip: "):
+            req = Requirement(line.removeprefix("# pip: "))
+            pip[canonical(req.name)] = str(req.specifier)
+        elif line and not line.startswith("#"):
+            spec, _, version = line.partition("=")
+            conda[canonical(spec)] = version.lstrip("=")
+    return conda, pip
+
+
+@pytest.mark.parametrize("name", env_names())
+def test_every_env_has_a_pin_file_within_its_ranges(name):
+    """envs/<env>.linux-64.pin.txt (preferred by --sdm conda) pins every package of the env file,
+    within its ranges; the post-deploy script installs the pip pins of an env made from it."""
+    conda, pip = read_env(name)
+    pinned_conda, pinned_pip = read_pins(name)
+    assert set(conda) == set(pinned_conda), f"{name}: conda packages {sorted(conda)} vs pins {sorted(pinned_conda)}"
+    assert set(pip) <= set(pinned_pip), f"{name}: unpinned {sorted(set(pip) - set(pinned_pip))}"
+    python = pinned_conda["python"]
+    assert conda["python"].contains(f"{python}.0") and sys.version.startswith(python + "."), python
+    for dist, req in pip.items():
+        exact = pinned_pip[dist]
+        if exact.startswith("=="):
+            assert req.specifier.contains(exact[2:]), f"{name}: {dist}{exact} outside {req}"
+        else:  # not installed where the pins were written: the range itself
+            assert exact == str(req.specifier), (name, dist, exact)
+    script = (ENVS / f"{name}.post-deploy.sh").read_text()
+    assert '"${0%.post-deploy.sh}.pin.txt"' in script and "sed -n 's/^# pip: //p'" in script
+
+
+def test_no_env_file_cites_a_missing_document():
+    for path in [*ENVS.glob("*.yaml"), *ENVS.glob("*.sh")]:
+        for doc in re.findall(r"\b(docs/[\w./-]+)", path.read_text()):
+            assert (ROOT / doc).exists(), f"{path.name} cites {doc}, which does not exist"
+
+
+# --- each environment's rules run with what their environment lacks blocked ---------------------
+
+# In a job's script (Snakemake runs it as .snakemake/scripts/tmp<random>.<script>), every module
+# its rule's environment lacks is made unimportable (sys.modules[name] = None, as for a module
+# that is not installed); each blocked script is recorded in $SFTRL_BLOCK_LOG.
+SITECUSTOMIZE = """
+import json, os, sys
+_argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+if os.sep + os.path.join(".snakemake", "scripts") + os.sep in _argv0:
+    _script = os.path.basename(_argv0).split(".", 1)[-1]
+    _blocked = json.loads(os.environ["SFTRL_BLOCKED"]).get(_script)
+    if _blocked is not None:
+        for _name in _blocked:
+            sys.modules[_name] = None
+        with open(os.environ["SFTRL_BLOCK_LOG"], "a") as _fh:
+            _fh.write(_script + "\\n")
+"""
+
+
+def blocked_modules() -> dict[str, list[str]]:
+    """script -> the top-level modules installed here that its rule's environment would not have:
+    neither the env file's packages and what they need, nor Snakemake's (the job's preamble
+    loads Snakemake)."""
+    sys.path.insert(0, str(ENVS))
+    try:
+        from pin import closure
+    finally:
+        sys.path.remove(str(ENVS))
+    providers = md.packages_distributions()
+    snakemake = {canonical(d) for d in closure(["snakemake"])}
+    by_env = {}
+    for name in env_names():
+        conda, pip = read_env(name)
+        allowed = snakemake | {canonical(d) for d in closure([str(r) for r in pip.values()])} | {"sftrl"}
+        by_env[name] = sorted(
+            module
+            for module, dists in providers.items()
+            if not module.startswith("_") and not {canonical(d) for d in dists} & allowed
+        )
+    scripts = {}
+    for rule, (path, body) in rule_blocks().items():
+        env, script = directive(body, "conda"), directive(body, "script")
+        if env and script:
+            scripts[Path(script).name] = by_env[Path(env).stem]
+    return scripts
+
+
+@pytest.mark.slow
+def test_each_rule_runs_without_what_its_env_lacks(reduced_study, tmp_path):
+    """The reduced study's rules run again with their environment's missing packages blocked:
+    every table, plot and report page, the data, and one job of each model rule (the base, an SFT
+    segment, a PPO run, an evaluation, an SVD, a spectrum, an edit); table_rl_sweep is not in
+    this study."""
+    blocked = blocked_modules()
+    assert {"torch", "numpy", "safetensors", "transformers", "altair"} <= set(blocked["table_spectrum.py"])
+    assert "polars" not in blocked["table_spectrum.py"] and "altair" not in blocked["plot_chart.py"]
+    assert "torch" in blocked["plot_chart.py"] and "altair" in blocked["evaluate.py"]
+    work = tmp_path / "study"
+    shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "blocked.log"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SFTRL_BLOCKED": json.dumps(blocked),
+           "SFTRL_BLOCK_LOG": str(log)}  # fmt: skip
+    res = "results/test"
+    donor = json.loads((work / res / "eval" / "peak-ood.json").read_text())["model"]
+    cheap = [f"{res}/eval/base/id.json", f"{res}/svd/base.safetensors", f"{res}/spectrum/base--sft-4.parquet",
+             f"{res}/models/layerreset-{donor}-into-sft-8-layers0"]  # fmt: skip
+    runs = [
+        # tables, plots and report pages (after the checkpoint peak_ood) and the cheap model rules
+        (["all_plots", f"{res}/tables/stages.md", f"{res}/benchmarks/summary.md", *cheap],
+         ["peak_ood", "table_sft_trajectory", "table_rl_recovery", "table_stages", "table_spectrum",
+          "table_spectrum_profile", "table_edits", "table_benchmarks", "plot", "report_table", "evaluate", "svd",
+          "spectrum", "edit"]),
+        # training: the base, the first SFT segment and its PPO run (nothing after them is a target)
+        ([f"{res}/models/base", f"{res}/models/sft-4", f"{res}/models/ppo-4"], ["base", "sft", "rl"]),
+        # the data last (every model is older than the data after it)
+        ([f"{res}/data/{n}.parquet" for n in ("sft", "rl", "eval-id", "eval-ood", "pretrain")],
+         ["data_sft", "data_rl", "data_eval", "data_pretrain"]),
+    ]  # fmt: skip
+    for targets, rules in runs:
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+               "--workflow-profile", "none", "--cores", "2", "--forcerun", *rules, "--", *targets]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    ran = set(log.read_text().split())
+    wanted = {directive(body, "script").rsplit("/", 1)[1] for rule, (_, body) in rule_blocks().items()
+              if rule != "table_rl_sweep" and directive(body, "script")}  # fmt: skip
+    assert wanted <= ran, f"not run with their env's modules blocked: {sorted(wanted - ran)}"

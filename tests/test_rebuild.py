@@ -1,30 +1,43 @@
 """Rebuild behaviour: after a completed run, a config change re-runs exactly what depends on it.
 
-Each test edits one value of the reduced study's config and reads the job list of a dry-run
-against the completed study. The edit, the SFT checkpoints and the hyper-parameters are all
-`params`/inputs of their rules, so Snakemake's default rerun triggers (mtime, params, input,
-code) decide; nothing here is special-cased in the workflow.
+Each test edits one value of the reduced study's config (or the code, in a copy of the
+repository) and reads the job list of a dry-run against the completed study, through the
+project's workflow profile (profiles/default: its rerun triggers). The edit, the SFT checkpoints,
+the hyper-parameters and the code each rule runs (`code`, sftrl.fingerprint) are all
+`params`/inputs of their rules, so Snakemake's rerun triggers (mtime, params, input) decide;
+run-only settings are not params, so they rerun nothing.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import reduced_config, run_snakemake
+from conftest import ROOT, reduced_config
 
 pytestmark = pytest.mark.slow
 
 JOB = re.compile(r"^(?:local)?rule (\w+):\n(?P<body>(?:    .*\n)*)", re.M)
 
 
-def planned_jobs(workdir, cfg: dict) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry-run with ``cfg`` would run in ``workdir``."""
+def planned_jobs(workdir, cfg: dict, repo: Path = ROOT) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry-run with ``cfg`` would run in ``workdir``, with the
+    workflow, its profile and the sftrl package of ``repo`` (a copy, to edit the code)."""
     path = workdir / "changed.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    out = run_snakemake(workdir, "-n", "--cores", "1", configfile=path).stdout
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(path), "--workflow-profile", str(repo / "profiles" / "default"), "-n"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout
     jobs = []
     for m in JOB.finditer(out):
         wildcards = re.search(r"^    wildcards: (.*)$", m.group("body"), re.M)
@@ -69,7 +82,7 @@ def test_adding_an_sft_checkpoint_past_the_last_adds_only_its_own_jobs(reduced_s
     # every job but the summaries is about the new checkpoint: its segment, evaluation, RL run,
     # SVDs and spectra (the last checkpoint is also the edits' target, so the sweep moves to it)
     for rule, wildcards in own_jobs(jobs):
-        assert re.search(r"(sft|ppo)-12\b|step=12\b", wildcards), (rule, wildcards)
+        assert re.search(r"(sft|ppo)-12\b|(step|start)=12\b", wildcards), (rule, wildcards)
     assert ("sft", "step=4") not in jobs and ("sft", "step=8") not in jobs
 
 
@@ -92,7 +105,7 @@ def test_changing_a_training_hyperparameter_reruns_training_and_after_not_before
     steps = reduced_config()["sft"]["checkpoints"]
     assert {("sft", f"step={s}") for s in steps} <= set(jobs)
     assert {("evaluate", f"model=sft-{s}") for s in steps} <= set(jobs)
-    assert {("rl", f"step={s}") for s in steps} <= set(jobs)
+    assert {("rl", f"start={s}") for s in steps} <= set(jobs)
     assert "table_sft_trajectory" in rules
     # (spectra and edits follow once the re-run `peak_ood` checkpoint has chosen the donor again,
     # so a dry-run cannot list them yet)
@@ -101,3 +114,61 @@ def test_changing_a_training_hyperparameter_reruns_training_and_after_not_before
         assert not base_jobs & set(jobs)
     else:
         assert base_jobs <= set(jobs)
+
+
+# --- reruns follow the code, and only what changes results -------------------------------------
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """The workflow and the sftrl package copied (with their dates), to edit the code."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for name in ("rules", "scripts", "config", "envs", "profiles", "report", "src/sftrl"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
+
+
+def test_the_copy_plans_nothing_and_touching_every_script_plans_nothing(reduced_study, repo_copy):
+    """A fresh clone or a `git checkout` gives every file a new date: nothing reruns for that."""
+    for path in [*(repo_copy / "scripts").glob("*.py"), *(repo_copy / "src" / "sftrl").glob("*.py")]:
+        os.utime(path)
+    assert planned_jobs(reduced_study, reduced_config(), repo_copy) == []
+
+
+def test_editing_the_ppo_module_reruns_the_rl_runs_and_what_reads_them_only(reduced_study, repo_copy):
+    with open(repo_copy / "src" / "sftrl" / "ppo.py", "a") as fh:
+        fh.write("\n# an edit of the PPO code\n")
+    jobs = planned_jobs(reduced_study, reduced_config(), repo_copy)
+    steps = reduced_config()["sft"]["checkpoints"]
+    assert {("rl", f"start={s}") for s in steps} <= set(jobs)
+    assert {("evaluate", f"model=ppo-{s}") for s in steps} <= set(jobs)
+    # everything else planned reads a PPO model (its evaluation, SVD, spectra, reverse edits)
+    for rule, wildcards in own_jobs(jobs):
+        assert rule == "rl" or "ppo-" in wildcards, (rule, wildcards)
+    assert not {r for r in rules_of(jobs) if r.startswith("data_")} | ({"base", "sft"} & rules_of(jobs))
+    assert "table_rl_recovery" in rules_of(jobs) and "table_sft_trajectory" not in rules_of(jobs)
+
+
+def test_editing_a_script_reruns_its_rule_and_what_reads_it(reduced_study, repo_copy):
+    with open(repo_copy / "scripts" / "table_sft_trajectory.py", "a") as fh:
+        fh.write("# an edit\n")
+    jobs = planned_jobs(reduced_study, reduced_config(), repo_copy)
+    assert rules_of(jobs) <= {"table_sft_trajectory", "plot", "report_table", "table_benchmarks", "all"}
+    assert ("table_sft_trajectory", "") in jobs and ("plot", "plot=sft-trajectory") in jobs
+
+
+def test_run_only_settings_rerun_nothing(reduced_study):
+    """Batch sizes for memory, state saving, the launcher, threads, resources and logging: how a
+    job runs, not what it computes."""
+    cfg = reduced_config()
+    cfg["eval"]["batch_size"] = 7
+    cfg["rl"].update(micro_batch_size=4, rollout_batch_size=3, save_every=2)
+    cfg["sft"].update(per_device_batch_size=16, save_every=2)
+    cfg["distributed"]["launcher"] = "torchrun"
+    cfg["threads"] = 2
+    cfg["resources"]["sft"] = {**cfg["resources"]["sft"], "mem_mb": 8000, "runtime": "2h", "qos": "long"}
+    cfg["logging"] = {"report_to": "tensorboard"}
+    assert planned_jobs(reduced_study, cfg) == []

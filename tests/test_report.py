@@ -15,7 +15,7 @@ from conftest import run_snakemake
 from sftrl import plots
 
 PLOTS = ["sft-trajectory", "rl-recovery", "stages", "sigma-change", "principal-angles", "uv-merge", "layer-reset"]
-TABLES = ["sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset"]
+TABLES = ["sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,7 +88,7 @@ def test_report_lists_every_plot_and_table_with_a_caption(study):
         assert entry["mime_type"] == ("image/svg+xml" if name.endswith(".svg") else "text/html")
     assert "Premax" in by_name["stages.html"]["caption"]
     text = report.read_text()
-    for category in ("1. SFT and RL", "2. Spectra", "3. Edits"):
+    for category in ("1. SFT and RL", "2. Spectra", "3. Edits", "4. Jobs"):
         assert category in text
     assert "24-point card game" in text  # the workflow description
 

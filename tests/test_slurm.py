@@ -1,12 +1,15 @@
 """The SLURM profile (profiles/slurm): the jobs a paper config plans and what each asks for
-(dry-runs, no SLURM needed), and a reduced study run by a real SLURM controller started here."""
+(dry-runs, no SLURM needed), the command as cluster users type it (`snakemake --profile slurm`,
+after `sftrl profile install`), and a reduced study run by a real SLURM controller started here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,12 +47,15 @@ def action_less_rules() -> set[str]:
 
 
 def expected_resources(cfg: dict, group: str) -> dict:
-    """What res(group) in rules/common.smk gives for the merged config ``cfg``."""
+    """What res(group) in rules/common.smk gives for the merged config ``cfg``: a job with
+    several GPUs also asks for one node."""
     merged = {**cfg["resources"]["default"], **cfg["resources"].get(group, {})}
     if merged.get("gpu") and "cpus_per_gpu" in merged:
         merged.pop("cpus_per_task", None)
     elif not merged.get("gpu"):
         merged.pop("cpus_per_gpu", None)
+    if merged.get("gpu", 0) > 1:
+        merged.setdefault("nodes", 1)
     return merged
 
 
@@ -134,7 +140,7 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
         group = groups[rule]
         seen.add(group)
         want = expected_resources(cfg, group)
-        got = {k: int(res[k]) for k in ("gpu", "cpus_per_gpu", "cpus_per_task", "mem_mb", "runtime") if k in res}
+        got = {k: int(res[k]) for k in ("gpu", "cpus_per_gpu", "cpus_per_task", "nodes", "mem_mb", "runtime") if k in res}
         assert got == want, f"{paper.name}: rule {rule} (group {group}) plans {got}, config says {want}"
         if group in GPU_GROUPS:
             assert got.get("gpu", 0) >= 1 and "cpus_per_task" not in got, (rule, got)
@@ -143,7 +149,71 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
     assert GPU_GROUPS | CPU_GROUPS <= seen, f"groups never planned: {GPU_GROUPS | CPU_GROUPS - seen}"
     assert stats["sft"] == len(cfg["sft"]["checkpoints"]) and stats["rl"] == len(cfg["rl"]["from"])
     sft = dict(jobs)["sft"]
-    assert int(sft["gpu"]) == 4 and int(sft["cpus_per_gpu"]) == 8, sft
+    assert int(sft["gpu"]) == 4 and int(sft["cpus_per_gpu"]) == 8 and int(sft["nodes"]) == 1, sft
+
+
+# --- the command as users type it: `snakemake --profile slurm` ------------------------------
+
+# config.json of Qwen2.5-7B-Instruct: what a stand-in checkpoint at model.path needs to say.
+QWEN_7B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
+    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+    "num_key_value_heads": 4, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0, "vocab_size": 152064, "tie_word_embeddings": False,
+    "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+}  # fmt: skip
+
+
+def stand_in_checkpoint(path: Path, config: dict) -> Path:
+    """A checkpoint directory with the model's real config.json and a small weight file: enough
+    for the checks a dry-run makes of model.path, without the weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, str(path / "model.safetensors"))
+    return path
+
+
+def installed_profile(tmp_path: Path) -> dict:
+    """`sftrl profile install` into a temporary configuration directory; the environment under
+    which `snakemake --profile slurm` finds it."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    cmd = [sys.executable, "-c", "import sys; from sftrl.cli import main; sys.exit(main(['profile', 'install']))"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "xdg" / "snakemake" / "slurm" / "profile.yaml").is_file()
+    return env
+
+
+def test_the_cluster_command_as_users_type_it(tmp_path):
+    """`snakemake --profile slurm -n --configfile config/paper-qwen2.5-7b.yaml` in the repository
+    (so the workflow profile is read too), after the documented set-up; the paper config's copy
+    differs only in model.path (a stand-in checkpoint) and the cluster keys users add."""
+    env = installed_profile(tmp_path)
+    paper = ROOT / "config" / "paper-qwen2.5-7b.yaml"
+    cfg = yaml.safe_load(paper.read_text())
+    cfg["model"]["path"] = str(stand_in_checkpoint(tmp_path / "Qwen2.5-7B-Instruct", QWEN_7B))
+    cfg["resources"]["sft"].update(runtime="4h", qos="long", gpu_model="h100", slurm_extra="--mail-type=END")
+    (tmp_path / "config").mkdir()
+    configfile = tmp_path / "config" / paper.name
+    configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    command = ["snakemake", "--profile", "slurm", "-n", "--configfile", str(configfile)]
+    proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(command)}:\n{out[-4000:]}"
+    assert "Using profiles slurm and workflow specific profile profiles/default" in out
+    jobs = planned_jobs(out)
+    assert len(jobs) == job_stats(out)["total"] > 50
+    sft = [res for rule, res in jobs if rule == "sft"]
+    assert len(sft) == len(cfg["sft"]["checkpoints"])
+    for res in sft:
+        assert {k: res.get(k) for k in ("gpu", "gpu_model", "nodes", "runtime", "qos", "slurm_extra")} == {
+            "gpu": "4", "gpu_model": "h100", "nodes": "1", "runtime": "240", "qos": "long", "slurm_extra": "--mail-type=END",
+        }, res  # fmt: skip
+    evaluate = next(res for rule, res in jobs if rule == "evaluate")
+    assert evaluate["gpu"] == "1" and "nodes" not in evaluate  # one GPU: no node count needed
 
 
 # --- a reduced study on a real SLURM controller --------------------------------------------
@@ -157,7 +227,7 @@ def _unavailable(reason: str):
 
 @pytest.fixture
 def slurm_cluster(monkeypatch):
-    """A one-node SLURM cluster with one fake GPU (tests/slurm/start.sh), stopped afterwards
+    """A one-node SLURM cluster with two fake GPUs (tests/slurm/start.sh), stopped afterwards
     (tests/slurm/stop.sh, by the daemons' pid files) whatever the test's outcome."""
     if os.geteuid() != 0:
         _unavailable("starting slurmd/slurmctld/munged needs root")
@@ -190,21 +260,28 @@ def scontrol_job(job_id: str) -> dict[str, str]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path):
+def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path, monkeypatch):
     cfg = reduced_config()
-    cfg["sft"].update(checkpoints=[4], max_steps=4)
-    # GPU groups ask for the node's one (fake) GPU, as a paper config asks for real ones.
-    # (their cpus_per_task from config.yaml gives way to cpus_per_gpu: rules/common.smk, res()).
+    cfg["sft"].update(checkpoints=[4], max_steps=4, per_device_batch_size=16)
+    # GPU groups ask for the node's (fake) GPUs, as a paper config asks for real ones (their
+    # cpus_per_task from config.yaml gives way to cpus_per_gpu: rules/common.smk, res()); the SFT
+    # segment takes both, as two processes (torchrun on the CPU), and asks for one node.
     for group in GPU_GROUPS:
         cfg["resources"][group] = {**cfg["resources"].get(group, {}), "gpu": 1, "cpus_per_gpu": 1}
+    cfg["resources"]["sft"]["gpu"] = 2
+    cfg["distributed"]["launcher"] = "torchrun"
     write_config(tmp_path, cfg)
-    # Model rules (base, sft, evaluate) with a GPU, data and table rules without, one local target.
+    # Model rules (base, sft, evaluate) with GPUs, data and table rules without, one local target.
     targets = ["all_data", "results/test/tables/sft-trajectory.md"]
     planned = job_stats(run_snakemake(tmp_path, "-n", *targets).stdout)
-    args = ["--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2", *targets]
+    # as users type it: the installed profile by name, beside the workflow profile
+    monkeypatch.setenv("XDG_CONFIG_HOME", installed_profile(tmp_path)["XDG_CONFIG_HOME"])
+    args = ["--profile", "slurm", "--workflow-profile", str(ROOT / "profiles" / "default"), "--verbose",
+            "--slurm-init-seconds-before-status-checks", "2", *targets]  # fmt: skip
     proc = run_snakemake(tmp_path, *args, check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"snakemake --profile profiles/slurm failed:\n{out[-6000:]}"
+    assert proc.returncode == 0, f"snakemake --profile slurm failed:\n{out[-6000:]}"
+    assert "Using profiles slurm and workflow specific profile" in out
 
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: [^)]*/rule_(\w+?)/", out)
     local = {"all_data"}
@@ -217,8 +294,10 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path):
         want = expected_resources(cfg, groups[rule])
         gres = info.get("JOB_GRES", "(null)")
         if groups[rule] in GPU_GROUPS:
-            assert gres == "gpu:1", f"{rule} (SLURM job {job_id}) got GRES {gres}, expected gpu:1"
+            gpus = want["gpu"]
+            assert gres == f"gpu:{gpus}", f"{rule} (SLURM job {job_id}) got GRES {gres}, expected gpu:{gpus}"
             assert info.get("CpusPerTres") == "gres:gpu:1", (rule, info.get("CpusPerTres"))
+            assert info["NumNodes"] == "1", (rule, info["NumNodes"])
         else:
             assert gres == "(null)", f"{rule} (SLURM job {job_id}) got GRES {gres}"
             assert "CpusPerTres" not in info and info["CPUs/Task"] == str(want["cpus_per_task"]), (rule, info)
@@ -230,7 +309,19 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path):
         completed[rule] = completed.get(rule, 0) + 1
     assert all(completed[r] >= n for r, n in planned.items() if r not in local and r != "total")
 
-    # Each job's own log: it ran inside its SLURM job and saw the GPU it was given.
+    # What was submitted (the plugin's sbatch calls, --verbose): the 2-GPU SFT job asks for one
+    # node, no job for a node count otherwise; every job's Snakemake gets --cores all (nothing
+    # caps its threads; profiles/default sets jobs, not cores).
+    calls = re.findall(r"sbatch call: (.*)", out)
+    assert len(calls) == len(submitted), (len(calls), len(submitted))
+    for call in calls:
+        rule = re.search(r"--comment '?rule_(\w+?)(?:_wildcards|'| )", call).group(1)
+        assert ("--nodes=1" in call) == (rule == "sft"), (rule, call)
+        assert re.findall(r"--cores '?(\w+)", call) == ["all"], call
+        if rule == "sft":
+            assert "--gpus=2" in call, call
+
+    # Each job's own log: it ran inside its SLURM job and saw the GPUs it was given.
     ids = {job_id for job_id, _ in submitted}
     logs = sorted((tmp_path / "results" / "test" / "logs").rglob("*.log"))
     assert len(logs) == planned["total"] - len(local), [p.name for p in logs]
@@ -239,8 +330,13 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path):
         env = dict(kv.split("=", 1) for kv in first.removeprefix("job: ").split())
         assert env["SLURM_JOB_ID"] in ids, (log, first)
         rule = next(r for j, r in submitted if j == env["SLURM_JOB_ID"])
-        want = "0" if groups[rule] in GPU_GROUPS else "-"
-        assert env["CUDA_VISIBLE_DEVICES"] == want, (log, first)
+        if groups[rule] in GPU_GROUPS:  # its GPUs: both for sft, either one for the others
+            want = {"0,1"} if rule == "sft" else {"0", "1"}
+            assert env["CUDA_VISIBLE_DEVICES"] in want, (log, first)
+        else:
+            assert env["CUDA_VISIBLE_DEVICES"] == "-", (log, first)
     assert "localrule all_data:" in out  # the aggregate target ran in Snakemake's own process
+    sft_log = (tmp_path / "results" / "test" / "logs" / "sft" / "sft-4.log").read_text()
+    assert "launching:" in sft_log and "--nproc_per_node 2" in sft_log  # one process per GPU
     table = (tmp_path / "results" / "test" / "tables" / "sft-trajectory.md").read_text()
     assert "| sft-4 | 4 |" in table

@@ -8,8 +8,9 @@ non-empty directory, and a file output replaces only a file that was already the
 write began (the caller's old version). Whatever appears at the destination while the output is
 being written is left alone, and the commit fails with :class:`OutputExistsError` naming it.
 
-Outputs get the modes the process's umask gives any new file or directory (644 and 755 under the
-usual 022), not the private 600/700 of the temporary names, so a group can share the results.
+Outputs get (at least) the modes the process's umask gives any new file or directory (644 and 755
+under the usual 022), not the private 600/700 of the temporary names or of writers that make
+their files private, so a group can share the results.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,19 @@ def _umask() -> int:
     mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the fallback only)
     os.umask(mask)
     return mask
+
+
+def _share(path: Path) -> None:
+    """Give ``path``, and everything in it, at least the modes the umask gives a new file or
+    directory: mkstemp/mkdtemp create 600/700, and so do some writers (safetensors' save_file)."""
+    umask = _umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
+        if p.is_symlink():
+            continue
+        mode = stat.S_IMODE(p.stat().st_mode)
+        shared = mode | ((0o777 if p.is_dir() else 0o666) & ~umask)
+        if shared != mode:
+            p.chmod(shared)
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -72,9 +87,8 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         os.close(fd)
         tmp = Path(name)
     try:
-        # mkstemp/mkdtemp create 600/700; the output gets what open()/mkdir() would have given it
-        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
         yield tmp
+        _share(tmp)
         _commit(tmp, path, directory, replace=existed)
     except BaseException:
         if tmp.is_dir() and not tmp.is_symlink():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,26 @@ LAUNCHERS = ("accelerate", "torchrun")
 
 class LaunchError(RuntimeError):
     """A distributed job that could not be started or whose processes failed."""
+
+
+def gpu_count(resources) -> int:
+    """GPUs a job's resources ask for: ``gpu``, else a GPU ``gres`` (``gpu:4``, ``gpu:a100:4``),
+    else one when only ``gpu_model`` is given (the SLURM plugin's default); 0 without GPUs."""
+    if resources.get("gpu"):
+        return int(resources.get("gpu"))
+    m = re.fullmatch(r"gpu(?::[\w.]+)?:(\d+)[TGM]?", str(resources.get("gres") or ""))
+    if m:
+        return int(m.group(1))
+    return 1 if resources.get("gpu_model") else 0
+
+
+def deepspeed_config(name: str | None, repository: str | os.PathLike) -> str | None:
+    """A DeepSpeed config (``distributed.deepspeed.<kind>``) as an absolute path: relative to
+    the working directory, or else to ``repository`` (the shipped config/deepspeed/*.json)."""
+    if not name or os.path.isabs(name):
+        return name
+    here = Path(name).resolve()
+    return str(here if here.exists() else Path(repository) / name)
 
 
 def in_launched_process() -> bool:
@@ -144,6 +165,8 @@ def sft_job(spec: dict):
         metrics_path=spec.get("metrics"),
         chat=spec.get("chat", False),
         deepspeed=spec.get("deepspeed"),
+        report_to=spec.get("report_to", "none"),
+        logging_dir=spec.get("logging_dir"),
     )
 
 
@@ -165,6 +188,8 @@ def rl_job(spec: dict):
         work_dir=spec["work_dir"],
         metrics_path=spec.get("metrics"),
         dtype=spec.get("dtype", "auto"),
+        report_to=spec.get("report_to", "none"),
+        logging_dir=spec.get("logging_dir"),
     )
     if rl["algorithm"] == "grpo":
         from sftrl.grpo import train_grpo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for tests and for trying the slurm profile:
-# munged, slurmctld and slurmd with one fake GPU, every file (config, key, sockets, state,
+# munged, slurmctld and slurmd with two fake GPUs, every file (config, key, sockets, state,
 # logs, pid files) under DIR, on free ports, so it runs beside any other munge/SLURM here.
 #
 #   eval "$(tests/slurm/start.sh DIR)"   # sets SLURM_CONF=DIR/slurm.conf, PATH=DIR/bin:$PATH
@@ -11,9 +11,9 @@
 # with apt-get when they are missing. Idempotent: run again on the same DIR, it starts only the
 # daemons that are not running. Exit status 0 once the node is idle and takes jobs.
 #
-# The fake GPU: gres.conf declares one `gpu` on the node with File=/dev/null (without a File the
-# node is INVAL), so a job asking for --gpus=1 gets it and CUDA_VISIBLE_DEVICES=0; torch still
-# sees no CUDA device, which is what a CPU test wants.
+# The fake GPUs: gres.conf declares two `gpu`s on the node with File=/dev/null and /dev/zero
+# (without a File the node is INVAL), so a job asking for --gpus=1 gets CUDA_VISIBLE_DEVICES=0 and
+# one asking for --gpus=2 gets 0,1; torch still sees no CUDA device, which is what a CPU test wants.
 set -euo pipefail
 
 die() { echo "slurm/start.sh: $*" >&2; exit 1; }
@@ -95,12 +95,13 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=1
 GresTypes=gpu
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=test Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >"$DIR/gres.conf" <<EOF
 AutoDetect=off
 NodeName=$HOST Name=gpu File=/dev/null
+NodeName=$HOST Name=gpu File=/dev/zero
 EOF
 fi
 export SLURM_CONF=$CONF

@@ -5,12 +5,14 @@ same results give byte-identical tables.
 
 One module per concern: :mod:`~sftrl.tables.summaries` (evaluation summaries, intervals, recovery
 %, the peak-OOD checkpoint), :mod:`~sftrl.tables.training` (SFT trajectory, RL recovery, the RL
-sweep, the stage table), :mod:`~sftrl.tables.spectra`, :mod:`~sftrl.tables.edits` and
+sweep, the stage table), :mod:`~sftrl.tables.spectra`, :mod:`~sftrl.tables.edits`, :mod:`~sftrl.tables.records` (job
+records) and
 :mod:`~sftrl.tables.render` (views, Markdown, report pages, files). Only polars is needed (the
 table rules run in ``envs/analysis.yaml``). The names below are the package's interface.
 """
 
 from sftrl.tables.edits import LAYER_RESET_MARKDOWN, UV_MERGE_MARKDOWN, edit_tables
+from sftrl.tables.records import BENCHMARK_FOOTNOTE, BENCHMARK_MARKDOWN, benchmark_table
 from sftrl.tables.render import cells, read_table, report_page, to_markdown, write_csv, write_table
 from sftrl.tables.spectra import SPECTRUM_MARKDOWN, pair_sort_key, spectrum_profile, spectrum_summary, split_pair
 from sftrl.tables.summaries import (
@@ -48,9 +50,11 @@ VIEWS = {
     "uv-merge": (UV_MERGE_MARKDOWN, RECOVERY_FOOTNOTE),
     "layer-reset": (LAYER_RESET_MARKDOWN, RECOVERY_FOOTNOTE),
     "rl-sweep": (RL_SWEEP_MARKDOWN, RL_SWEEP_FOOTNOTE),
+    "benchmarks": (BENCHMARK_MARKDOWN, BENCHMARK_FOOTNOTE),
 }
 
 __all__ = [
+    "BENCHMARK_FOOTNOTE", "BENCHMARK_MARKDOWN", "benchmark_table",
     "LAYER_RESET_MARKDOWN", "RECOVERY_FOOTNOTE", "RL_RECOVERY_MARKDOWN", "RL_SWEEP_FOOTNOTE", "RL_SWEEP_MARKDOWN",
     "SPECTRUM_MARKDOWN", "STAGES", "STAGES_MARKDOWN", "STAGE_DESCRIPTIONS", "SUMMARY_FIELDS", "TRAJECTORY_FOOTNOTE",
     "TRAJECTORY_MARKDOWN", "UV_MERGE_MARKDOWN", "VIEWS", "by_turn_text", "cells", "edit_tables", "pair_sort_key",
