@@ -24,14 +24,28 @@ include: "rules/tables.smk"
 include: "rules/report.smk"
 
 
+# Only the aggregate targets run in the Snakemake process itself. Every rule that does work, the
+# cheap data and table rules included, is a cluster job under an executor such as SLURM: login
+# nodes are often not meant for computation, and the data rules of a paper config write ~1M rows.
+localrules:
+    all,
+    all_data,
+    all_sft,
+    all_rl,
+    rl_sweep,
+    all_eval,
+    all_spectra,
+    all_edits,
+    all_plots,
+
+
 rule all:
     input:
-        data_targets(),
+        expand(R("data/{name}.parquet"), name=DATA_SETS),
         eval_targets(),
         table_targets(),
         spectrum_targets,
         edit_eval_targets,
-        stage_targets(),
         plot_targets(),
         report_targets(),
 
@@ -41,17 +55,17 @@ rule all:
 
 rule all_data:
     input:
-        data_targets(),
+        expand(R("data/{name}.parquet"), name=DATA_SETS),
 
 
 rule all_sft:
     input:
-        expand(R("models/{model}"), model=sft_models()),
+        expand(R("models/{model}"), model=study.sft_models(config)),
 
 
 rule all_rl:
     input:
-        expand(R("models/{model}"), model=rl_models()),
+        expand(R("models/{model}"), model=study.rl_models(config)),
 
 
 # The RL sweep that chose the RL settings (rl_sweep in the config): tables/rl-sweep.md.

@@ -19,7 +19,9 @@ rule edit:
         code=code("edit.py"),
         types=config["edits"]["types"],
         embeddings=config["edits"]["layer_reset_embeddings"],
-        layers=lambda wc: reset_layers().get(wc.param),  # layer resets: the layer ids
+        edit=lambda wc: study.edit_job(
+            f"{wc.method}-{wc.donor}-into-{wc.target}-{wc.param}", DEPTH
+        ),
     script:
         "../scripts/edit.py"
 
@@ -30,7 +32,7 @@ rule table_edits:
         donor_target=lambda wc: expand(
             R("eval/{model}/{split}.json"),
             model=sorted(
-                {donor_model(), target_model(), *trajectory_models(), *rl_models()}
+                {study.donor_model(config, peak_model), *study.study_models(config)}
             ),
             split=SPLITS,
         ),
@@ -41,13 +43,12 @@ rule table_edits:
         layer_md=R("tables/layer-reset.md"),
     log:
         R("logs/tables/edits.log"),
-    params:
-        layers={name: format_layers(ids) for name, ids in reset_layers().items()},
     conda:
         "../envs/analysis.yaml"
     resources:
         **res("tables"),
     params:
         code=code("table_edits.py"),
+        layers=study.layer_ids(config, DEPTH),
     script:
         "../scripts/table_edits.py"

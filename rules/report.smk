@@ -11,14 +11,14 @@ rule plot:
         svg=report(
             R("plots/{plot}.svg"),
             caption="../report/plots.rst",
-            category=lambda wc: RESULTS[wc.plot][0],
+            category=lambda wc: study.RESULT[wc.plot].category,
             subcategory="Plots",
-            labels=lambda wc: {"result": RESULTS[wc.plot][1], "kind": "plot"},
+            labels=lambda wc: {"result": study.RESULT[wc.plot].title, "kind": "plot"},
         ),
     log:
         R("logs/plots/{plot}.log"),
     wildcard_constraints:
-        plot="|".join(n for n in RESULTS if n not in ("spectrum", "benchmarks")),
+        plot="|".join(study.PLOTS),
     conda:
         "../envs/plotting.yaml"
     resources:
@@ -54,31 +54,28 @@ rule table_benchmarks:
 
 rule report_table:
     input:
-        lambda wc: R(
-            "benchmarks/summary.csv"
-            if wc.table == "benchmarks"
-            else f"tables/{wc.table}.csv"
-        ),
+        lambda wc: R(f"{study.RESULT[wc.table].path}.csv"),
     output:
         report(
             R("report/tables/{table}.html"),
             caption="../report/tables.rst",
-            category=lambda wc: RESULTS[wc.table][0],
+            category=lambda wc: study.RESULT[wc.table].category,
             subcategory="Tables",
-            labels=lambda wc: {"result": RESULTS[wc.table][1], "kind": "table"},
+            labels=lambda wc: {
+                "result": study.RESULT[wc.table].title,
+                "kind": "table",
+            },
         ),
     log:
         R("logs/report/{table}.log"),
     wildcard_constraints:
-        table="|".join(
-            n for n in RESULTS if n not in ("sigma-change", "principal-angles")
-        ),
+        table="|".join(study.TABLES),
     conda:
         "../envs/plotting.yaml"
     resources:
         **res("tables"),
     params:
         code=code("table_report_html.py"),
-        title=lambda wc: RESULTS[wc.table][1],
+        title=lambda wc: study.RESULT[wc.table].title,
     script:
         "../scripts/table_report_html.py"

@@ -45,10 +45,18 @@ use rule rl as rl_variant with:
 rule table_rl_sweep:
     input:
         sft=expand(
-            R("eval/sft-{step}/{split}.json"), step=RL_SWEEP["from"], split=SPLITS
+            R("eval/sft-{step}/{split}.json"),
+            step=study.rl_sweep_steps(config),
+            split=SPLITS,
         ),
-        rl=expand(R("eval/{model}/{split}.json"), model=rl_sweep_models(), split=SPLITS),
-        metrics=expand(R("logs/{model}/metrics.jsonl"), model=rl_sweep_models()),
+        rl=expand(
+            R("eval/{model}/{split}.json"),
+            model=study.rl_sweep_models(config),
+            split=SPLITS,
+        ),
+        metrics=expand(
+            R("logs/{model}/metrics.jsonl"), model=study.rl_sweep_models(config)
+        ),
     output:
         csv=R("tables/rl-sweep.csv"),
         md=R("tables/rl-sweep.md"),
@@ -67,8 +75,14 @@ rule table_rl_sweep:
 
 rule table_rl_recovery:
     input:
-        sft=expand(R("eval/{model}/{split}.json"), model=sft_models(), split=SPLITS),
-        rl=expand(R("eval/{model}/{split}.json"), model=rl_models(), split=SPLITS),
+        sft=expand(
+            R("eval/{model}/{split}.json"),
+            model=study.sft_models(config),
+            split=SPLITS,
+        ),
+        rl=expand(
+            R("eval/{model}/{split}.json"), model=study.rl_models(config), split=SPLITS
+        ),
     output:
         csv=R("tables/rl-recovery.csv"),
         md=R("tables/rl-recovery.md"),

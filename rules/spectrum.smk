@@ -3,7 +3,7 @@
 
 checkpoint peak_ood:
     input:
-        expand(R("eval/{model}/ood.json"), model=sft_models()),
+        expand(R("eval/{model}/ood.json"), model=study.sft_models(config)),
     output:
         R("eval/peak-ood.json"),
     log:

@@ -4,7 +4,9 @@
 rule table_sft_trajectory:
     input:
         summaries=expand(
-            R("eval/{model}/{split}.json"), model=trajectory_models(), split=SPLITS
+            R("eval/{model}/{split}.json"),
+            model=study.trajectory_models(config),
+            split=SPLITS,
         ),
     output:
         csv=R("tables/sft-trajectory.csv"),
@@ -38,8 +40,8 @@ rule table_stages:
         **res("tables"),
     params:
         code=code("table_stages.py"),
-        moderate=moderate_model(),
-        rl=moderate_rl_model() if moderate_model() else None,
+        moderate=study.moderate_model(config),
+        rl=study.moderate_rl_model(config),
     script:
         "../scripts/table_stages.py"
 
@@ -49,7 +51,10 @@ rule table_stages:
 
 rule table_spectrum_profile:
     input:
-        lambda wc: [R(f"spectrum/{a}--{b}.index.parquet") for a, b in profile_pairs()],
+        lambda wc: [
+            R(f"spectrum/{a}--{b}.index.parquet")
+            for a, b in study.profile_pairs(config, peak_model)
+        ],
     output:
         R("tables/spectrum-profile.csv"),
     log:

@@ -1,16 +1,14 @@
-"""Rule edit: one UV merge / sigma swap / triplet swap / layer reset (see sftrl.edits)."""
+"""Rule edit: one UV merge / sigma swap / triplet swap / layer reset (see sftrl.edits); the edit
+comes parsed in params.edit (sftrl.study.edit_job)."""
 
 from sftrl.edits import edit_checkpoint, layer_reset
 from sftrl.logs import job_log
-from sftrl.study import parse_edit_name
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+edit = sm.params.edit
 with job_log(sm.log[0], sm.threads):
-    edit = parse_edit_name(f"{sm.wildcards.method}-{sm.wildcards.donor}-into-{sm.wildcards.target}-{sm.wildcards.param}")
     if edit["method"] == "layer-reset":
-        report = layer_reset(
-            sm.input.target, sm.input.donor, sm.output[0], sm.params.layers, sm.params.embeddings
-        )
+        report = layer_reset(sm.input.target, sm.input.donor, sm.output[0], edit["layers"], sm.params.embeddings)
     else:
         report = edit_checkpoint(
             sm.input.target,

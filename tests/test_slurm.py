@@ -47,7 +47,7 @@ def action_less_rules() -> set[str]:
 
 
 def expected_resources(cfg: dict, group: str) -> dict:
-    """What res(group) in rules/common.smk gives for the merged config ``cfg``: a job with
+    """What res(group) (sftrl.launch.job_resources) gives for the merged config ``cfg``: a job with
     several GPUs also asks for one node."""
     merged = {**cfg["resources"]["default"], **cfg["resources"].get(group, {})}
     if merged.get("gpu") and "cpus_per_gpu" in merged:
@@ -60,17 +60,18 @@ def expected_resources(cfg: dict, group: str) -> dict:
 
 
 def merged_config(path: Path) -> dict:
-    """config.yaml updated by ``path`` recursively, as `--configfile path` does."""
+    """config.yaml updated by ``path`` as `--configfile path` does (Snakemake's update_config),
+    with the study file's resource groups whole, as the workflow makes them."""
+    from snakemake.utils import update_config
 
-    def update(a, b):
-        for k, v in b.items():
-            a[k] = update(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
+    from sftrl.config import replace_resource_groups
 
     with open(ROOT / "config.yaml") as fh:
         base = yaml.safe_load(fh)
     with open(path) as fh:
-        return update(base, yaml.safe_load(fh))
+        own = yaml.safe_load(fh)
+    update_config(base, own)
+    return replace_resource_groups(base, own)
 
 
 def planned_jobs(out: str) -> list[tuple[str, dict]]:
@@ -105,9 +106,9 @@ def test_aggregate_targets_are_local_rules():
     """Only rules without an action run in the Snakemake process; they are named in localrules."""
     local = action_less_rules()
     assert local and all(r in ("all", "rl_sweep") or r.startswith("all_") for r in local), sorted(local)
-    text = (ROOT / "rules" / "common.smk").read_text()
+    text = (ROOT / "Snakefile").read_text()
     listed = set(re.findall(r"\w+", re.search(r"(?m)^localrules:\n((?:    \w+,\n)+)", text).group(1)))
-    assert listed == local, f"localrules in rules/common.smk: {sorted(listed)}; aggregate rules: {sorted(local)}"
+    assert listed == local, f"localrules in the Snakefile: {sorted(listed)}; aggregate rules: {sorted(local)}"
 
 
 @pytest.mark.parametrize("paper", PAPER_CONFIGS, ids=lambda p: p.stem)

@@ -68,14 +68,14 @@ def test_edit_names_in_the_tables_form():
 
 
 def test_the_default_studys_edits(cfg):
-    names = [e.name for e in study.edits(cfg, peak="sft-10")]
+    names = [e.name for e in study.edits(cfg, peak=lambda: "sft-10")]
     assert names[0] == "uvmerge-sft-10-into-sft-400-top0.05"
     assert "sigmaswap-sft-10-into-sft-400-top0.2" in names and "tripletswap-sft-10-into-sft-400-top0.2" in names
     assert "layerreset-sft-10-into-sft-400-layers0-0.25" in names
     assert names[-5:] == [f"uvmerge-sft-{s}-into-ppo-{s}-top1" for s in (10, 50, 100, 200, 400)]
     assert len(names) == len(set(names)) == 7 + 2 + 1 + 6 + 5
     cfg["edits"].update(donor="sft-25", target="sft-200", reverse=False)
-    assert {(e.donor, e.target) for e in study.edits(cfg, peak="sft-10")} == {("sft-25", "sft-200")}
+    assert {(e.donor, e.target) for e in study.edits(cfg, peak=lambda: "sft-10")} == {("sft-25", "sft-200")}
 
 
 def test_layer_resets_at_each_depth(cfg):
@@ -88,17 +88,20 @@ def test_layer_resets_at_each_depth(cfg):
 
 
 def test_spectrum_pairs_and_profile_pairs(cfg):
-    pairs = study.spectrum_pairs(cfg, peak="sft-10")
+    pairs = study.spectrum_pairs(cfg, peak=lambda: "sft-10")
     assert pairs[:2] == [("base", "sft-5"), ("base", "sft-10")]
     assert ("sft-10", "sft-25") in pairs and ("sft-10", "sft-5") not in pairs
     assert ("sft-50", "ppo-50") in pairs
-    assert study.profile_pairs(cfg, "sft-10") == [("base", "sft-400"), ("sft-10", "sft-400"), ("sft-400", "ppo-400")]
+    assert study.profile_pairs(cfg, lambda: "sft-10") == [("base", "sft-400"), ("sft-10", "sft-400"), ("sft-400", "ppo-400")]
     cfg["spectrum"]["pairs"] = ["sft-to-rl"]
-    assert study.profile_pairs(cfg, "sft-10") == [("sft-400", "ppo-400")]
+    assert study.profile_pairs(cfg, lambda: 1 / 0) == [("sft-400", "ppo-400")]  # the peak is not asked for
+    cfg["rl"]["from"] = None
+    cfg["edits"]["donor"] = "sft-25"
+    assert {e.donor for e in study.edits(cfg, lambda: 1 / 0)} >= {"sft-25"}
 
 
 def test_moderate_is_the_edits_target_when_rl_started_from_it(cfg):
-    assert study.stage_models(cfg, "sft-10") == {"Premax": "sft-10", "Moderate": "sft-400", "RL": "ppo-400"}
+    assert study.stage_models(cfg, lambda: "sft-10") == {"Premax": "sft-10", "Moderate": "sft-400", "RL": "ppo-400"}
     cfg["rl"]["from"] = [10, 50]
     assert study.moderate_model(cfg) == "sft-50" and study.moderate_rl_model(cfg) == "ppo-50"
     cfg["rl"]["from"] = [10, 50, 400]
@@ -107,7 +110,10 @@ def test_moderate_is_the_edits_target_when_rl_started_from_it(cfg):
 
 
 def test_the_registry_follows_the_config(cfg):
-    assert study.table_names(cfg) == ["sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset"]
+    assert study.table_names(cfg) == [
+        "sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"
+    ]
+    assert study.RESULT["benchmarks"].path == "benchmarks/summary" and study.RESULT["stages"].path == "tables/stages"
     assert study.plot_names(cfg) == [
         "sft-trajectory", "rl-recovery", "stages", "sigma-change", "principal-angles", "uv-merge", "layer-reset"
     ]

@@ -429,8 +429,10 @@ def _precision_problems(cfg: dict) -> list[str]:
     if dtype not in ("bfloat16", "float16"):
         return []
     problems = []
+    from sftrl.launch import gpu_count
+
     for kind in ("sft", "rl"):
-        gpus = {**cfg["resources"].get("default", {}), **cfg["resources"].get(kind, {})}.get("gpu", 0)
+        gpus = gpu_count({**cfg["resources"].get("default", {}), **cfg["resources"].get(kind, {})})
         deepspeed = cfg["distributed"]["deepspeed"].get(kind)
         if gpus < 2 or not deepspeed:
             why = f"resources.{kind}.gpu is {gpus}" if gpus < 2 else f"distributed.deepspeed.{kind} is null"
@@ -464,6 +466,17 @@ def results_dir(study: str, base_dir: Path) -> Path:
 # merged over it, key by key. These keys only mean something for the tiny source; a study of local
 # weights never sees them (strip_tiny_only), so none of its values can come from the tiny study.
 TINY_ONLY = ("model.tiny", "base", "data.pretrain_size", "data.pretrain_feedback", "data.pretrain_wrapped")
+
+
+def prepare(cfg: dict, overrides: dict, files=(), schema_path: str | os.PathLike = SCHEMA) -> dict:
+    """The study's effective config, in place, as the workflow uses it: each resource group a
+    study file (or ``--config``) sets replaces the default's whole (:func:`replace_resource_groups`;
+    ``overrides`` are the values Snakemake merged over config.yaml), the result checked
+    (:func:`validate`; ConfigError), then the tiny source's keys dropped for local weights
+    (:func:`strip_tiny_only`)."""
+    replace_resource_groups(cfg, overrides)
+    validate(cfg, schema_path, files=files)
+    return strip_tiny_only(cfg)
 
 
 def replace_resource_groups(cfg: dict, overrides: dict) -> dict:

@@ -46,6 +46,22 @@ def gpu_count(resources) -> int:
     return 1 if resources.get("gpu_model") else 0
 
 
+def job_resources(resources: dict, group: str) -> dict:
+    """The Snakemake resources of a rule group: ``resources.default`` overridden by
+    ``resources.<group>``. A job with GPUs keeps ``cpus_per_gpu`` when it has one (the SLURM
+    plugin would take ``cpus_per_task`` first), a job without keeps ``cpus_per_task``; a job with
+    several GPUs runs one process per GPU on its node (:func:`run`), so it asks for one node."""
+    merged = {**resources["default"], **resources.get(group, {})}
+    gpus = gpu_count(merged)
+    if gpus and "cpus_per_gpu" in merged:
+        merged.pop("cpus_per_task", None)
+    elif not gpus:
+        merged.pop("cpus_per_gpu", None)
+    if gpus > 1:
+        merged.setdefault("nodes", 1)
+    return merged
+
+
 def deepspeed_config(name: str | None, repository: str | os.PathLike) -> str | None:
     """A DeepSpeed config (``distributed.deepspeed.<kind>``) as an absolute path: relative to
     the working directory, or else to ``repository`` (the shipped config/deepspeed/*.json)."""

@@ -14,7 +14,9 @@ names with :func:`parse_edit_name`. Model names (docs/study.md §5, §6):
   ``sigmaswap``, ``tripletswap`` (``param`` = ``top<f>[-bottom<f>]``, fractions of the spectrum)
   or ``layerreset`` (``param`` = ``layers<from>-<to>``, fractions of the depth).
 
-Decisions that depend on evaluation results (the peak-OOD checkpoint) take it as an argument.
+Decisions that depend on evaluation results take the peak-OOD SFT checkpoint as ``peak``, a
+function that gives its name: it is known only once the SFT checkpoints are evaluated (a Snakemake
+checkpoint), so it is asked for only where the config makes it matter.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ EDIT_NAME = re.compile(
 
 
 # --- trained models ------------------------------------------------------------------------------
+
+
+def data_sets(cfg: dict) -> list[str]:
+    """The generated data sets (``data/<name>.parquet``); pretraining data for the tiny source only."""
+    return ["sft", "rl", "eval-id", "eval-ood"] + (["pretrain"] if cfg["model"]["source"] == "tiny" else [])
 
 
 def sft_steps(cfg: dict) -> list[int]:
@@ -97,10 +104,15 @@ def rl_hparams(cfg: dict, variant: str | None = None) -> dict:
     return hp
 
 
+def rl_sweep_steps(cfg: dict) -> list[int]:
+    """The SFT steps the RL sweep starts from (``rl_sweep.from``)."""
+    return sorted((cfg.get("rl_sweep") or {}).get("from") or [])
+
+
 def rl_sweep_models(cfg: dict) -> list[str]:
     """The runs of the RL sweep: the default runs from the sweep's steps (its ``default`` rows;
     only those of ``rl.from``), then ``<algorithm>-<step>-<variant>`` per variant."""
-    steps = sorted((cfg.get("rl_sweep") or {}).get("from") or [])
+    steps = rl_sweep_steps(cfg)
     runs = [f"{rl_model(cfg, s)}-{v}" for v in sweep_variants(cfg) for s in steps]
     return [rl_model(cfg, s) for s in steps if s in rl_steps(cfg)] + runs
 
@@ -202,10 +214,13 @@ def parse_edit_name(name: str) -> dict:
     }
 
 
-def donor_model(cfg: dict, peak: str) -> str:
+Peak = Callable[[], str]  # gives the peak-OOD SFT checkpoint's name
+
+
+def donor_model(cfg: dict, peak: Peak) -> str:
     """The edits' donor: ``edits.donor``, or the peak-OOD SFT checkpoint for ``best-ood``."""
     donor = cfg["edits"]["donor"]
-    return peak if donor == "best-ood" else donor
+    return peak() if donor == "best-ood" else donor
 
 
 def target_model(cfg: dict) -> str:
@@ -214,7 +229,7 @@ def target_model(cfg: dict) -> str:
     return f"sft-{sft_steps(cfg)[-1]}" if target == "last" else target
 
 
-def edits(cfg: dict, peak: str) -> list[Edit]:
+def edits(cfg: dict, peak: Peak) -> list[Edit]:
     """Every edited model of the config's sweeps, in the config's order: the spectral edits, the
     layer resets, then the reverse experiment per RL run (when ``edits.reverse``)."""
     e = cfg["edits"]
@@ -231,10 +246,23 @@ def reset_layers(cfg: dict, depth: int) -> dict[str, list[int]]:
     return {layers_name(lo, hi): layer_range(lo, hi, depth) for lo, hi in cfg["edits"]["layer_reset"]}
 
 
+def layer_ids(cfg: dict, depth: int) -> dict[str, str]:
+    """Each layer reset's name part -> its layer ids as the layer-reset table shows them (``0-6``)."""
+    return {name: format_layers(ids) for name, ids in reset_layers(cfg, depth).items()}
+
+
+def edit_job(name: str, depth: int | None) -> dict:
+    """What the edit job for the edited model ``name`` does, parsed for its script: the method
+    (``uv-merge`` ...), top and bottom fractions, or the layer ids of a ``depth``-layer model."""
+    e = parse_edit(name)
+    layers = layer_range(e.lo, e.hi, depth) if e.method == "layerreset" else None
+    return {"method": EDIT_METHODS[e.method], "top": e.top, "bottom": e.bottom, "layers": layers}
+
+
 # --- spectra and the stage table -----------------------------------------------------------------
 
 
-def spectrum_pairs(cfg: dict, peak: str) -> list[tuple[str, str]]:
+def spectrum_pairs(cfg: dict, peak: Peak) -> list[tuple[str, str]]:
     """(reference, compared) pairs of ``spectrum.pairs``: base → each SFT checkpoint; the peak →
     each later SFT checkpoint; each RL start → its RL model."""
     kinds = cfg["spectrum"]["pairs"]
@@ -242,7 +270,8 @@ def spectrum_pairs(cfg: dict, peak: str) -> list[tuple[str, str]]:
     if "base-to-sft" in kinds:
         pairs += [("base", m) for m in sft_models(cfg)]
     if "peak-to-later" in kinds:
-        pairs += [(peak, f"sft-{s}") for s in sft_steps(cfg) if s > model_step(peak)]
+        top = peak()
+        pairs += [(top, f"sft-{s}") for s in sft_steps(cfg) if s > model_step(top)]
     if "sft-to-rl" in kinds:
         pairs += [(f"sft-{s}", rl_model(cfg, s)) for s in rl_steps(cfg)]
     return pairs
@@ -269,18 +298,18 @@ def moderate_rl_model(cfg: dict) -> str | None:
     return rl_model(cfg, model_step(moderate)) if moderate else None
 
 
-def stage_models(cfg: dict, peak: str) -> dict[str, str]:
+def stage_models(cfg: dict, peak: Peak) -> dict[str, str]:
     """Premax, Moderate and RL of the stage table (docs/study.md §9)."""
-    return {"Premax": peak, "Moderate": moderate_model(cfg), "RL": moderate_rl_model(cfg)}
+    return {"Premax": peak(), "Moderate": moderate_model(cfg), "RL": moderate_rl_model(cfg)}
 
 
-def profile_pairs(cfg: dict, peak: str) -> list[tuple[str, str]]:
+def profile_pairs(cfg: dict, peak: Peak) -> list[tuple[str, str]]:
     """The pairs of the per-index spectrum plots: base → last SFT checkpoint (what SFT did), Premax
     → last SFT checkpoint (what SFT did past the OOD peak) and Moderate → its RL model (what RL
     did), each where ``spectrum.pairs`` computes it; every computed pair if none is."""
     pairs = spectrum_pairs(cfg, peak)
     last = sft_models(cfg)[-1]
-    wanted = [("base", last), (peak, last)]
+    wanted = [("base", last), (peak(), last)] if "peak-to-later" in cfg["spectrum"]["pairs"] else [("base", last)]
     if moderate_model(cfg):
         wanted.append((moderate_model(cfg), moderate_rl_model(cfg)))
     chosen = [p for i, p in enumerate(wanted) if p in pairs and p not in wanted[:i]]
@@ -308,7 +337,7 @@ def _always(cfg: dict) -> bool:
 
 @dataclass(frozen=True)
 class Result:
-    """One result of the study: a table (``tables/<name>.{csv,md}`` and a report page) when
+    """One result of the study: a table (``<file>.csv`` and ``.md``, and a report page) when
     ``table(config)``, a plot (``plots/<name>.{html,png,svg}``, a report item) when
     ``plot(config)``; None = never."""
 
@@ -317,6 +346,11 @@ class Result:
     title: str
     table: Callable[[dict], bool] | None
     plot: Callable[[dict], bool] | None
+    file: str = ""  # the table's path in results/<study>/, without suffix: tables/<name> by default
+
+    @property
+    def path(self) -> str:
+        return self.file or f"tables/{self.name}"
 
 
 # The order here is the order of the report's categories and items. The edit tables are written
@@ -330,14 +364,30 @@ RESULTS = (
     Result("principal-angles", "2. Spectra", "Principal angles by index", None, _always),
     Result("uv-merge", "3. Edits", "UV merge, sigma swap and triplet swap", _always, _has_spectral_edits),
     Result("layer-reset", "3. Edits", "Layer reset", _always, _has_layer_resets),
+    # the benchmark: records of every job that trains, evaluates or decomposes; made last
+    Result("benchmarks", "4. Jobs", "Run time and peak memory of every job", _always, None, "benchmarks/summary"),
 )
 RESULT = {r.name: r for r in RESULTS}
 TABLES = tuple(r.name for r in RESULTS if r.table)  # every table name (the wildcard's values)
 PLOTS = tuple(r.name for r in RESULTS if r.plot)
 
 
+def plot_tables(cfg: dict, plot: str) -> dict[str, str]:
+    """The tables a plot is drawn from: its input name -> a table (``tables/<table>.csv``)."""
+    rl = {"rl": "rl-recovery"} if _has_rl(cfg) else {}
+    return {
+        "sft-trajectory": {"trajectory": "sft-trajectory"} | rl,
+        "rl-recovery": {"rl": "rl-recovery"},
+        "stages": {"stages": "stages"},
+        "sigma-change": {"profile": "spectrum-profile"},
+        "principal-angles": {"profile": "spectrum-profile", "summary": "spectrum"},
+        "uv-merge": {"uv": "uv-merge"},
+        "layer-reset": {"layers": "layer-reset"},
+    }[plot]
+
+
 def table_names(cfg: dict) -> list[str]:
-    """The result tables this config makes (each also a page of the report)."""
+    """The tables this config makes (each also a page of the report), the job records last."""
     return [r.name for r in RESULTS if r.table and r.table(cfg)]
 
 
