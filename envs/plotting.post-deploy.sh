@@ -1,15 +1,6 @@
 #!/usr/bin/env bash
-# Run by Snakemake (--sdm conda) inside the new environment, once, after it is created: install
-# this repository's sftrl package, editable and without dependencies (the environment file lists
-# them). SFTRL_ROOT is the repository, set by rules/common.smk in the Snakemake process.
+# Run by Snakemake (--sdm conda) inside this environment once it is created: installs sftrl
+# (envs/install-sftrl.sh, from the repository at SFTRL_ROOT, set by rules/common.smk).
 set -euo pipefail
 : "${SFTRL_ROOT:?SFTRL_ROOT is not set: create the environments through the Snakefile of sftrl}"
-# An environment made from envs/<env>.linux-64.pin.txt (which --sdm conda prefers; Snakemake
-# keeps a copy of it beside this script, as <env prefix>.pin.txt) has the conda packages only:
-# its pip packages are the file's "# pip:" lines, exact versions.
-pins="${0%.post-deploy.sh}.pin.txt"
-if [[ -f $pins ]]; then
-    sed -n 's/^# pip: //p' "$pins" >"$pins.pip"
-    python -m pip install --requirement "$pins.pip"
-fi
-python -m pip install --no-deps --no-build-isolation --editable "$SFTRL_ROOT"
+exec bash "$SFTRL_ROOT/envs/install-sftrl.sh" "$0"

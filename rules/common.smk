@@ -59,7 +59,7 @@ def res(group):
 
 def code(script, *modules):
     """A hash of the code a job runs (sftrl.fingerprint): the script with the sftrl modules it
-    imports, and ``modules``. A param of every rule that runs code: editing that code reruns
+    imports, and ``modules``. A param of each rule running code, so editing that code reruns
     its jobs; touching a file does not."""
     return code_fingerprint(Path(workflow.basedir) / "scripts" / script, *modules)
 
@@ -122,13 +122,12 @@ def edit_eval_targets(wildcards=None):
 
 
 def svd_inputs(wildcards):
-    """An SVD file with factors is all a comparison needs; without factors (paper scale) the
-    checkpoints are decomposed again, so they are inputs too."""
+    """A comparison reads SVD files with factors (spectrum.factors), else the checkpoints
+    themselves, which it decomposes (paper scale: no factors on disk)."""
     a, b = wildcards.a, wildcards.b
-    inputs = {"a": R(f"svd/{a}.safetensors"), "b": R(f"svd/{b}.safetensors")}
-    if not config["spectrum"]["factors"]:
-        inputs |= {"model_a": R(f"models/{a}"), "model_b": R(f"models/{b}")}
-    return inputs
+    if config["spectrum"]["factors"]:
+        return {"a": R(f"svd/{a}.safetensors"), "b": R(f"svd/{b}.safetensors")}
+    return {"a": R(f"models/{a}"), "b": R(f"models/{b}")}
 
 
 def edit_inputs(wildcards):

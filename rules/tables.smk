@@ -23,7 +23,7 @@ rule table_sft_trajectory:
         "../scripts/table_sft_trajectory.py"
 
 
-# --- the stage table (PAPER.md §5.1) ----------------------------------------------------------
+# --- the stage table (docs/study.md §9) ----------------------------------------------------------
 
 
 rule table_stages:

@@ -12,9 +12,7 @@ with job_log(snakemake.log[0]):  # noqa: F821
     elif p.kind == "rl":
         df = data.make_rl(p.n, p.seed, p.template, heldout)
     elif p.kind == "pretrain":
-        df = data.make_pretrain(
-            p.n, p.seed, p.template, heldout, p.answer, p.feedback_fraction, p.wrapped_fraction
-        )
+        df = data.make_pretrain(p.n, p.seed, p.template, heldout, p.answer, p.feedback_fraction, p.wrapped_fraction)
     else:
         df = data.make_sft(p.n, p.seed, p.template, heldout, answer=p.answer)
     write_parquet(df, snakemake.output[0])  # noqa: F821

@@ -15,7 +15,9 @@ e = sm.params.eval
 with job_log(sm.log[0], sm.threads):
     settings = GenerationSettings(
         max_new_tokens=e["max_new_tokens"],
-        batch_size=sm.config["eval"]["batch_size"], decoding=e["decoding"], seed=e["seed"]
+        batch_size=sm.config["eval"]["batch_size"],
+        decoding=e["decoding"],
+        seed=e["seed"],
     )
     hands = {split: pl.read_parquet(path) for split, path in zip(sm.params.splits, sm.input.hands, strict=True)}
     results = evaluate_model(

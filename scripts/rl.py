@@ -5,17 +5,13 @@ Run-only settings (sftrl.constants.RUN_ONLY), the launcher and logging come from
 from params: changing them reruns nothing (a sweep variant's own run-only keys are params).
 """
 
-from pathlib import Path
-
 from sftrl import launch
 from sftrl.constants import RUN_ONLY
-from sftrl.logs import job_log, tensorboard_dir
+from sftrl.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 p = sm.params
-dist = sm.config["distributed"]
 with job_log(sm.log[0], sm.threads):
-    deepspeed = launch.deepspeed_config(dist["deepspeed"]["rl"], Path(sm.scriptdir).parent)
     spec = dict(
         rl={**{k: sm.config["rl"][k] for k in RUN_ONLY["rl"] if k in sm.config["rl"]}, **p.rl},
         model=sm.input.model,
@@ -25,17 +21,7 @@ with job_log(sm.log[0], sm.threads):
         work_dir=p.work,
         metrics=sm.output.metrics,
         dtype=p.dtype,
-        report_to=sm.config.get("logging", {}).get("report_to", "none"),
-        logging_dir=tensorboard_dir(sm.log[0]),
     )
-    result = launch.run(
-        "rl",
-        spec,
-        processes=launch.gpu_count(sm.resources),
-        deepspeed=deepspeed,
-        launcher=dist["launcher"],
-        spec_dir=p.work,
-        threads=sm.threads,
-    )
+    result = launch.run_rule("rl", spec, sm)
     if result is not None:
         print(result)

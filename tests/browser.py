@@ -73,7 +73,10 @@ class _Pipe:
 
     def wait_event(self, method: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        seen = lambda: any(e.get("method") == method for e in self.events)
+
+        def seen():
+            return any(e.get("method") == method for e in self.events)
+
         while not seen():
             if time.monotonic() > deadline:
                 return False
@@ -118,8 +121,14 @@ def _describe(event: dict) -> str | None:
     return None
 
 
-def open_page(url: str, screenshot: str | os.PathLike, settle: float = 1.5, size=(1280, 900), chromium: str | None = None,
-              evaluate: str | None = None) -> list[str] | tuple[list[str], object]:
+def open_page(
+    url: str,
+    screenshot: str | os.PathLike,
+    settle: float = 1.5,
+    size=(1280, 900),
+    chromium: str | None = None,
+    evaluate: str | None = None,
+) -> list[str] | tuple[list[str], object]:
     """Load ``url`` in headless Chromium, save a screenshot, return the page's errors (see module);
     with ``evaluate`` (a JavaScript expression, run once the page has settled) return
     ``(errors, value)``."""
@@ -127,6 +136,7 @@ def open_page(url: str, screenshot: str | os.PathLike, settle: float = 1.5, size
     with tempfile.TemporaryDirectory(prefix="sftrl-chromium-") as profile:
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
+
         def child_fds():
             # Chromium reads commands on fd 3 and writes replies on fd 4. Move both ends above
             # any low fd first, so neither dup2 clobbers the other.
@@ -138,14 +148,26 @@ def open_page(url: str, screenshot: str | os.PathLike, settle: float = 1.5, size
             os.dup2(high_w, 4)
 
         cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-            f"--user-data-dir={profile}", "--remote-debugging-pipe", f"--window-size={size[0]},{size[1]}",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            f"--window-size={size[0]},{size[1]}",
             "about:blank",
         ]
         proc = subprocess.Popen(
-            cmd, preexec_fn=child_fds, close_fds=False,  # noqa: PLW1509 (fds 3/4 must be set in the child)
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cmd,
+            preexec_fn=child_fds,
+            close_fds=False,  # noqa: PLW1509 (fds 3/4 must be set in the child)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -155,8 +177,11 @@ def open_page(url: str, screenshot: str | os.PathLike, settle: float = 1.5, size
             session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
                 pipe.send(f"{domain}.enable", session=session)
-            pipe.send("Emulation.setDeviceMetricsOverride",
-                      {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             pipe.events.clear()
             pipe.send("Page.navigate", {"url": url}, session=session)
             if not pipe.wait_event("Page.loadEventFired", timeout=60):

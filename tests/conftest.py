@@ -34,8 +34,18 @@ def reduced_config(study: str = "test") -> dict:
     cfg["sft"].update(checkpoints=[4, 8], max_steps=12, batch_size=32, per_device_batch_size=32)
     cfg["eval"].update(batch_size=64)
     cfg["rl_sweep"].update(**{"from": []})
-    cfg["rl"].update(**{"from": None}, num_updates=2, episodes_per_update=8, minibatch_size=8, micro_batch_size=8, rollout_batch_size=8, save_every=1)
-    cfg["edits"].update(uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=[[0, 0.5], [0, 1.0]])
+    cfg["rl"].update(
+        **{"from": None},
+        num_updates=2,
+        episodes_per_update=8,
+        minibatch_size=8,
+        micro_batch_size=8,
+        rollout_batch_size=8,
+        save_every=1,
+    )
+    cfg["edits"].update(
+        uv_merge=[[0.2, 0.0], [1.0, 0.0]], sigma_swap=[[0.2, 0.0]], triplet_swap=[], layer_reset=[[0, 0.5], [0, 1.0]]
+    )
     cfg["threads"] = 1
     return cfg
 
@@ -62,16 +72,28 @@ def save_tiny_llama(path: Path, seed, vocab_size=40, max_shard_size=None) -> Pat
 # The config.json of the paper models (their shapes; no weights are needed for a dry-run).
 PAPER_MODEL_CONFIGS = {
     "paper-qwen2.5-7b": {
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584,
-        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-        "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 32768,
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "max_position_embeddings": 32768,
     },
     "paper-llama-3.2-11b": {
-        "model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"],
+        "model_type": "mllama",
+        "architectures": ["MllamaForConditionalGeneration"],
         "text_config": {
-            "model_type": "mllama_text_model", "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "vocab_size": 128256, "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+            "model_type": "mllama_text_model",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 40,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "vocab_size": 128256,
+            "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
         },
     },
 }

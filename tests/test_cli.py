@@ -9,16 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
-from conftest import save_tiny_llama
 from safetensors.torch import save_file
 
 from sftrl.checkpoints import Checkpoint
 from sftrl.cli import main
 
+from conftest import save_tiny_llama
+
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +186,9 @@ def test_chat_model_builds_a_loadable_chat_checkpoint_once(tmp_path, capsys):
     assert main(["chat-model", str(out)]) == 0
     assert "Qwen2ForCausalLM" in capsys.readouterr().out
     tokenizer = AutoTokenizer.from_pretrained(out)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Cards: ['J', 'Q', '7', '9']"}],
-                                         tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Cards: ['J', 'Q', '7', '9']"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in text
     model = AutoModelForCausalLM.from_pretrained(out)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_llama
 from sftrl.cli import main
+
+from conftest import save_tiny_llama
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -195,7 +196,7 @@ def test_evaluate_prints_strict_json(place, tmp_path, capsys):
     assert main(["evaluate", str(place / "tiny"), "--hands", "1", "--max-new-tokens", "2", "--out",
                  str(tmp_path / "e")]) == 0  # fmt: skip
     for line in capsys.readouterr().out.splitlines():
-        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}"))
+        json.loads(line, parse_constant=lambda c, line=line: pytest.fail(f"{c} in {line}"))
     json.loads((tmp_path / "e" / "id.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
@@ -203,10 +204,36 @@ def test_evaluate_prints_strict_json(place, tmp_path, capsys):
     "argv, named",
     [
         (["evaluate", "{root}/tiny", "--turns", "0"], "--turns"),
-        (["edit", "uv-merge", "--donor", "{root}/map-list", "--target", "{root}/target", "--top", "0.2", "--out",
-          "{root}/o"], "map-list"),  # fmt: skip
-        (["edit", "layer-reset", "--donor", "{root}/donor", "--target", "{root}/target", "--layers", "0-99999999",
-          "--out", "{root}/o"], "--layers"),  # fmt: skip
+        (
+            [
+                "edit",
+                "uv-merge",
+                "--donor",
+                "{root}/map-list",
+                "--target",
+                "{root}/target",
+                "--top",
+                "0.2",
+                "--out",
+                "{root}/o",
+            ],
+            "map-list",
+        ),  # fmt: skip
+        (
+            [
+                "edit",
+                "layer-reset",
+                "--donor",
+                "{root}/donor",
+                "--target",
+                "{root}/target",
+                "--layers",
+                "0-99999999",
+                "--out",
+                "{root}/o",
+            ],
+            "--layers",
+        ),  # fmt: skip
     ],
 )
 def test_as_a_process_no_traceback(place, argv, named):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, default_config, reduced_config, run_snakemake
 from sftrl.config import LONGEST_SOLUTION_CHARS, ConfigError, check_files, positions_needed, short, validate
+
+from conftest import ROOT, default_config, reduced_config, run_snakemake
 
 BOMB = [["lol"] * 9]
 for _ in range(8):
@@ -82,8 +83,20 @@ CASES = [
     (_set("rl.num_updates", 10**9), "rl.num_updates"),
     (_set("threads", 10**6), "threads"),
     (_set("model.tiny.hidden_size", 10**9), "model.tiny.hidden_size"),
-    (_set("model.tiny", {"hidden_size": 16384, "intermediate_size": 65536, "num_layers": 64, "num_heads": 128,
-                         "max_position_embeddings": 192, "seed": 0}), "model.tiny"),  # fmt: skip
+    (
+        _set(
+            "model.tiny",
+            {
+                "hidden_size": 16384,
+                "intermediate_size": 65536,
+                "num_layers": 64,
+                "num_heads": 128,
+                "max_position_embeddings": 192,
+                "seed": 0,
+            },
+        ),
+        "model.tiny",
+    ),  # fmt: skip
     (_set("resources.sft.gpu", 1000), "resources.sft.gpu"),
     (_set("resources.default.runtime", 10**9), "resources.default.runtime"),
     (_set("resources.default.mem_mb", 0), "resources.default.mem_mb"),
@@ -166,8 +179,12 @@ CASES = [
     (_set("distributed.deepspeed.rl", "config/deepspeed/nope.json"), "distributed.deepspeed.rl"),
     (_set("distributed.deepspeed.sft", "config"), "distributed.deepspeed.sft"),
     (_set("distributed.deepspeed.sft", "README.md"), "distributed.deepspeed.sft"),
-    (_both(_set("distributed.launcher", "torchrun"), _set("distributed.deepspeed.sft", "config/deepspeed/zero3.json")),
-     "distributed.deepspeed.sft"),  # fmt: skip
+    (
+        _both(
+            _set("distributed.launcher", "torchrun"), _set("distributed.deepspeed.sft", "config/deepspeed/zero3.json")
+        ),
+        "distributed.deepspeed.sft",
+    ),  # fmt: skip
     # values too large to show: the message stays short
     (_set("model.path", "/x" * 10**6), "model.path"),
     (_set("data.sft_size", BOMB), "data.sft_size"),

@@ -21,7 +21,7 @@ def test_eval_sets_are_deterministic_and_fixed_size():
 
 def test_ood_hands_hold_a_face_card_and_use_the_ood_values():
     df = data.make_eval("ood", 100, 42, "compact")
-    for cards, numbers in zip(df["cards"].to_list(), df["numbers"].to_list()):
+    for cards, numbers in zip(df["cards"].to_list(), df["numbers"].to_list(), strict=True):
         assert set(cards) & {"J", "Q", "K"}
         assert numbers == hand_numbers(cards, "ood")
     assert df["prompt"][0].endswith("|11 12 13|")
@@ -29,13 +29,13 @@ def test_ood_hands_hold_a_face_card_and_use_the_ood_values():
 
 def test_id_eval_and_sft_use_the_id_rule():
     df = data.make_eval("id", 100, 42, "compact")
-    assert all(n == hand_numbers(c, "id") for c, n in zip(df["cards"].to_list(), df["numbers"].to_list()))
+    assert all(n == hand_numbers(c, "id") for c, n in zip(df["cards"].to_list(), df["numbers"].to_list(), strict=True))
     assert all(p.endswith("|10 10 10|") for p in df["prompt"])
 
 
 def test_sft_answers_are_correct_solutions():
     df = data.make_sft(200, 0, "compact")
-    for completion, numbers in zip(df["completion"], df["numbers"].to_list()):
+    for completion, numbers in zip(df["completion"], df["numbers"].to_list(), strict=True):
         assert check_formula(completion, numbers).solved
 
 
@@ -44,7 +44,7 @@ def test_paper_template_answers_are_scored_correct():
 
     df = data.make_sft(20, 0, "paper")
     assert df["prompt"][0].startswith("\n[Task Description]")
-    for completion, numbers in zip(df["completion"], df["numbers"].to_list()):
+    for completion, numbers in zip(df["completion"], df["numbers"].to_list(), strict=True):
         assert check_formula(extract_formula(completion), numbers).solved
 
 
@@ -83,7 +83,7 @@ def test_first_answer_is_the_same_for_the_same_numbers():
 
 def _answers_by_numbers(df):
     out = {}
-    for numbers, completion in zip(df["numbers"].to_list(), df["completion"]):
+    for numbers, completion in zip(df["numbers"].to_list(), df["completion"], strict=True):
         out.setdefault(tuple(sorted(numbers)), set()).add(completion)
     return out
 
@@ -101,14 +101,16 @@ def test_pretrain_feedback_dialogues_and_wrapped_answers():
     assert df["cards"].to_list() == plain["cards"].to_list()  # the same hands, other texts
     tpl = get_template("compact")
     dialogues = wrapped = 0
-    for cards, rule, numbers, prompt, completion in df.select("cards", "face_values", "numbers", "prompt", "completion").iter_rows():
+    for cards, rule, numbers, prompt, completion in df.select(
+        "cards", "face_values", "numbers", "prompt", "completion"
+    ).iter_rows():
         start = compact_prompt(cards, tuple(rule))
         assert prompt.startswith(start)
         is_wrapped = completion.startswith("[") and completion.endswith("]")
         wrapped += is_wrapped
         answer = completion[1:-1] if is_wrapped else completion
         assert check_formula(answer, numbers).solved  # the right answer, in either style
-        rest = prompt[len(start):]
+        rest = prompt[len(start) :]
         if rest:
             dialogues += 1
             turns = re.findall(r"(.*?)(![xnvp][0-9 ?]*\|[0-9 ?]*\|)", rest)

@@ -1,24 +1,13 @@
-"""Restoration edits (PAPER.md §7) on small random matrices and tiny checkpoints, and the streaming
+"""Restoration edits (docs/study.md §8) on small random matrices and tiny checkpoints, and the streaming
 checkpoint reader/writer they stand on."""
 
 import json
 
 import pytest
 import torch
-
-from conftest import save_tiny_llama
 from safetensors.torch import save_file
 
-from sftrl.checkpoints import (
-    Checkpoint,
-    CheckpointError,
-    ShardWriter,
-    check_checkpoint,
-    is_checkpoint,
-    read_tensor,
-    tensor_names,
-    tensor_shapes,
-)
+from sftrl.checkpoints import Checkpoint, CheckpointError, ShardWriter
 from sftrl.edits import (
     band_counts,
     edit_checkpoint,
@@ -29,6 +18,8 @@ from sftrl.edits import (
     uv_merge,
 )
 from sftrl.spectrum import svd_checkpoint
+
+from conftest import save_tiny_llama
 
 EDITS = {"uv-merge": uv_merge, "sigma-swap": sigma_swap, "triplet-swap": triplet_swap}
 
@@ -186,8 +177,6 @@ def test_parse_layers():
 # Checkpoints
 
 
-
-
 def load_and_generate(path):
     from transformers import AutoModelForCausalLM
 
@@ -209,32 +198,31 @@ def test_checkpoint_reads_single_and_sharded(tiny_pair):
     target, donor = tiny_pair
     assert (target / "model.safetensors.index.json").exists() and (donor / "model.safetensors").exists()
     for path in tiny_pair:
-        assert is_checkpoint(path)
-        names = tensor_names(path)
+        ckpt = Checkpoint(path)
+        names = ckpt.names
         assert len(names) == 38  # tied: embed_tokens only, no lm_head
         assert "lm_head.weight" not in names
         assert names[0] == "model.embed_tokens.weight" and names[-1] == "model.norm.weight"  # natural order
-        assert tensor_shapes(path)["model.layers.0.mlp.up_proj.weight"] == (64, 32)
-        assert read_tensor(path, "model.embed_tokens.weight").shape == (40, 32)
+        assert ckpt.shapes["model.layers.0.mlp.up_proj.weight"] == (64, 32)
+        assert ckpt.read("model.embed_tokens.weight").shape == (40, 32)
     with pytest.raises(CheckpointError, match="no tensor named"):
-        read_tensor(target, "nope.weight")
+        Checkpoint(target).read("nope.weight")
 
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
-        check_checkpoint(tmp_path / "missing")
+        Checkpoint(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="no config.json"):
-        check_checkpoint(tmp_path)
+        Checkpoint(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="no model.safetensors"):
-        check_checkpoint(tmp_path)
+        Checkpoint(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
     with pytest.raises(CheckpointError, match="gone.safetensors, which is missing"):
-        check_checkpoint(tmp_path)
+        Checkpoint(tmp_path)
     save_file({"b": torch.zeros(2)}, tmp_path / "gone.safetensors")
     with pytest.raises(CheckpointError, match="missing from the shards"):
-        check_checkpoint(tmp_path)
-    assert not is_checkpoint(tmp_path)
+        Checkpoint(tmp_path)
 
 
 def test_shard_writer_shards_copies_side_files_and_round_trips(tiny_pair, tmp_path):

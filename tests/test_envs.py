@@ -99,9 +99,19 @@ def directive(body: str, name: str) -> str | None:
 def test_every_rule_is_parsed():
     """The text parser above sees the same rules as Snakemake does."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--list-rules",
-         "--workflow-profile", "none"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--list-rules",
+            "--workflow-profile",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     listed = set(proc.stdout.split())
@@ -134,8 +144,9 @@ def test_env_files_and_post_deploy_scripts():
         assert "sftrl" not in pip, f"envs/{name}.yaml: sftrl is installed by the post-deploy script"
         script = ENVS / f"{name}.post-deploy.sh"
         assert script.is_file(), f"{script} missing: sftrl would not be importable in the env"
-        text = script.read_text()
-        assert "--no-deps" in text and '"$SFTRL_ROOT"' in text and "--editable" in text
+        assert 'exec bash "$SFTRL_ROOT/envs/install-sftrl.sh" "$0"' in script.read_text()
+    text = (ENVS / "install-sftrl.sh").read_text()
+    assert "--no-deps" in text and '"$SFTRL_ROOT"' in text and "--editable" in text
     assert "SFTRL_ROOT=workflow.basedir" in (ROOT / "rules" / "common.smk").read_text()
 
 
@@ -204,7 +215,7 @@ def env_imports() -> dict[str, set[str]]:
     """Per env: the pyproject dependencies that its rules' scripts load when they start."""
     project = set(project_requirements())
     modules: dict[str, set[str]] = {}
-    for rule, (path, body) in rule_blocks().items():
+    for _rule, (path, body) in rule_blocks().items():
         env, script = directive(body, "conda"), directive(body, "script")
         if env and script:
             mods = script_imports((path.parent / script).resolve())
@@ -258,8 +269,8 @@ def test_every_env_has_a_pin_file_within_its_ranges(name):
             assert req.specifier.contains(exact[2:]), f"{name}: {dist}{exact} outside {req}"
         else:  # not installed where the pins were written: the range itself
             assert exact == str(req.specifier), (name, dist, exact)
-    script = (ENVS / f"{name}.post-deploy.sh").read_text()
-    assert '"${0%.post-deploy.sh}.pin.txt"' in script and "sed -n 's/^# pip: //p'" in script
+    script = (ENVS / "install-sftrl.sh").read_text()  # what every post-deploy script runs
+    assert '"${1%.post-deploy.sh}.pin.txt"' in script and "sed -n 's/^# pip: //p'" in script
 
 
 def test_no_env_file_cites_a_missing_document():
@@ -308,7 +319,7 @@ def blocked_modules() -> dict[str, list[str]]:
             if not module.startswith("_") and not {canonical(d) for d in dists} & allowed
         )
     scripts = {}
-    for rule, (path, body) in rule_blocks().items():
+    for _rule, (_path, body) in rule_blocks().items():
         env, script = directive(body, "conda"), directive(body, "script")
         if env and script:
             scripts[Path(script).name] = by_env[Path(env).stem]

@@ -73,8 +73,14 @@ def test_rules_and_values():
     assert face_values("ood") == (11, 12, 13)
     assert face_values((3, 5, 7)) == (3, 5, 7)
     assert face_values([3, 5, 7]) == (3, 5, 7)
-    for card, id_value, ood_value in [("A", 1, 1), ("7", 7, 7), ("10", 10, 10), ("J", 10, 11),
-                                      ("Q", 10, 12), ("K", 10, 13)]:
+    for card, id_value, ood_value in [
+        ("A", 1, 1),
+        ("7", 7, 7),
+        ("10", 10, 10),
+        ("J", 10, 11),
+        ("Q", 10, 12),
+        ("K", 10, 13),
+    ]:
         assert card_value(card, "id") == id_value
         assert card_value(card, "ood") == ood_value
     assert card_value("Q", (4, 5, 6)) == 5
@@ -83,8 +89,9 @@ def test_rules_and_values():
     assert hand_numbers(["J", "Q", "K", "A"], (20, 30, 40)) == [20, 30, 40, 1]
 
 
-@pytest.mark.parametrize("bad", ["ID", "", "face10", (10, 10), (1, 2, 3, 4), (0, 1, 2),
-                                 (1.0, 2, 3), (True, 2, 3), None, 10])
+@pytest.mark.parametrize(
+    "bad", ["ID", "", "face10", (10, 10), (1, 2, 3, 4), (0, 1, 2), (1.0, 2, 3), (True, 2, 3), None, 10]
+)
 def test_bad_rule(bad):
     with pytest.raises(ValueError, match=r"'id'.*'ood'.*three positive ints"):
         face_values(bad)
@@ -108,15 +115,21 @@ def _div(a, b):
     return Fraction(a) / b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _brute_solvable(values: tuple, target: int = 24) -> bool:
     """Independent brute force: repeatedly replace two numbers by one result (no formatting)."""
     if len(values) == 1:
         return values[0] == target
     if len(values) == 2:
         a, b = values
-        return (a + b == target or a - b == target or b - a == target or a * b == target
-                or (b != 0 and a == target * b) or (a != 0 and b == target * a))
+        return (
+            a + b == target
+            or a - b == target
+            or b - a == target
+            or a * b == target
+            or (b != 0 and a == target * b)
+            or (a != 0 and b == target * a)
+        )
     for i, j in itertools.combinations(range(len(values)), 2):
         a, b = values[i], values[j]
         rest = [values[k] for k in range(len(values)) if k not in (i, j)]
@@ -204,8 +217,7 @@ def test_deal_deterministic():
     assert len(set(map(tuple, hands1))) > 30
 
 
-@pytest.mark.parametrize("rule, ood", [("id", False), ("ood", True), ("ood", False),
-                                       ((2, 3, 4), True)])
+@pytest.mark.parametrize("rule, ood", [("id", False), ("ood", True), ("ood", False), ((2, 3, 4), True)])
 def test_dealt_hands_are_solvable(rule, ood):
     rng = random.Random(1)
     for _ in range(200):
@@ -268,9 +280,13 @@ VERDICT_CASES = [
     # "**": operator after operator (grammar), numbers are fine
     ("(10-4)**2+2", HAND, -3, "illegal", "invalid sequence after operator."),
     # "**" with a huge exponent: grammar fault plus a number not in the hand
-    ("2**9999", HAND, -3 - 2 - 2, "illegal",
-     "invalid sequence after operator, you used invalid numbers: [9999], "
-     "you didn't use numbers: [10, 4, 2]."),
+    (
+        "2**9999",
+        HAND,
+        -3 - 2 - 2,
+        "illegal",
+        "invalid sequence after operator, you used invalid numbers: [9999], you didn't use numbers: [10, 4, 2].",
+    ),
     # double operator
     ("10+-4*2*2", HAND, -3, "illegal", "invalid sequence after operator."),
     # leading binary operator
@@ -279,21 +295,29 @@ VERDICT_CASES = [
     ("(10-4*2)2", HAND, -3, "illegal", "invalid sequence after number."),
     # "(" after a number: a fault, and (as in the study) that "(" is not opened, so its ")"
     # is unmatched too
-    ("10(4-2)*2", HAND, -6, "illegal",
-     "invalid sequence before '(', unmatched closing parenthesis."),
+    ("10(4-2)*2", HAND, -6, "illegal", "invalid sequence before '(', unmatched closing parenthesis."),
     # ")" after an operator
-    ("(10-4*)2+2", HAND, -6, "illegal",
-     "invalid sequence after ')', invalid sequence after number."),
+    ("(10-4*)2+2", HAND, -6, "illegal", "invalid sequence after ')', invalid sequence after number."),
     # unmatched ")"
     ("(10-4)*(2+2))", HAND, -3, "illegal", "unmatched closing parenthesis."),
     # unclosed "(" that is a prefix of a solution: partial credit
     ("(10-4)*(2+2", HAND, 1, "partial", "partial solution."),
     # unclosed "(" that is no prefix of a solution: names the consistent prefix
-    ("(10-4)*(2-2", HAND, -1, "no_solution",
-     "(10-4)*(2 is partially correct but the full formula does not match any solution."),
+    (
+        "(10-4)*(2-2",
+        HAND,
+        -1,
+        "no_solution",
+        "(10-4)*(2 is partially correct but the full formula does not match any solution.",
+    ),
     # trailing operator: no grammar fault in the study; not evaluable, no prefix -> -1
-    ("(10-4)*(2+2)*", HAND, -1, "no_solution",
-     "(10-4)*(2+2) is partially correct but the full formula does not match any solution."),
+    (
+        "(10-4)*(2+2)*",
+        HAND,
+        -1,
+        "no_solution",
+        "(10-4)*(2+2) is partially correct but the full formula does not match any solution.",
+    ),
     # unused number
     ("10*2+4", HAND, -2, "wrong_numbers", "you didn't use numbers: [2]."),
     # number not in the hand
@@ -301,12 +325,16 @@ VERDICT_CASES = [
     # number used too often
     ("(10-4)*(2+2)+4-4", HAND, -2, "wrong_numbers", "you used numbers: [4] too many times."),
     # both: not in the hand and unused
-    ("10*3+4", HAND, -4, "wrong_numbers",
-     "you used invalid numbers: [3], you didn't use numbers: [2]."),
+    ("10*3+4", HAND, -4, "wrong_numbers", "you used invalid numbers: [3], you didn't use numbers: [2]."),
     # wrong value
     ("10-4-2-2", HAND, -1, "no_solution", "your formula does not match any solution."),
-    ("(10-4)*2-2", HAND, -1, "no_solution",
-     "(10-4)*2 is partially correct but the full formula does not match any solution."),
+    (
+        "(10-4)*2-2",
+        HAND,
+        -1,
+        "no_solution",
+        "(10-4)*2 is partially correct but the full formula does not match any solution.",
+    ),
     # division by zero
     ("3*4/(4-4)", [3, 4, 4, 4], -1, "no_solution", None),
     # leading zero: Python's eval raises SyntaxError, so not evaluable -> -1
@@ -315,8 +343,7 @@ VERDICT_CASES = [
     ("(１０-４)*(２+２)", HAND, -3, "illegal", "illegal characters."),
     ("(10-٤)*(2+2)", HAND, -3, "illegal", "illegal characters."),
     # huge number (beyond MAX_NUMBER_DIGITS): a number not in the hand, never converted
-    (f"(10-4)*(2+2)+{HUGE}", HAND, -2, "wrong_numbers",
-     "you used invalid numbers: [99999999...(150 digits)]."),
+    (f"(10-4)*(2+2)+{HUGE}", HAND, -2, "wrong_numbers", "you used invalid numbers: [99999999...(150 digits)]."),
     # NUL byte
     ("(10-4)*(2+2)\x00", HAND, -3, "illegal", "illegal characters."),
     # empty string: illegal, like a missing formula (the study charged only -2, unused numbers)
@@ -329,18 +356,21 @@ VERDICT_CASES = [
     ("8/(3-8/3)", [3, 3, 8, 8], 5, "correct", "correct solution."),
     # ID hand with face cards: J, Q, K count as 10
     ("10+10+2+2", hand_numbers(["J", "Q", "2", "2"], "id"), 5, "correct", "correct solution."),
-    ("11+12+2-1", hand_numbers(["J", "Q", "2", "2"], "id"), -4, "wrong_numbers",
-     "you used invalid numbers: [11, 12, 1], you didn't use numbers: [10, 2]."),
+    (
+        "11+12+2-1",
+        hand_numbers(["J", "Q", "2", "2"], "id"),
+        -4,
+        "wrong_numbers",
+        "you used invalid numbers: [11, 12, 1], you didn't use numbers: [10, 2].",
+    ),
     # OOD hand: K counts as 13
     ("13+11", [13, 11], 5, "correct", "correct solution."),
     # too long
     ("(" * (MAX_FORMULA_CHARS + 1), HAND, -3, "illegal", None),
     # nesting beyond MAX_NESTING cannot be evaluated (CPython refuses it too)
-    ("(" * (MAX_NESTING + 1) + "(10-4)*(2+2)" + ")" * (MAX_NESTING + 1), HAND, -1,
-     "no_solution", None),
+    ("(" * (MAX_NESTING + 1) + "(10-4)*(2+2)" + ")" * (MAX_NESTING + 1), HAND, -1, "no_solution", None),
     # deep but allowed nesting
-    ("(" * (MAX_NESTING - 1) + "(10-4)*(2+2)" + ")" * (MAX_NESTING - 1), HAND, 5, "correct",
-     None),
+    ("(" * (MAX_NESTING - 1) + "(10-4)*(2+2)" + ")" * (MAX_NESTING - 1), HAND, 5, "correct", None),
 ]
 
 
@@ -445,8 +475,7 @@ hands = st.lists(st.integers(1, 13), min_size=4, max_size=4)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.text(max_size=300), numbers=hands,
-       arithmetic=st.sampled_from(["exact", "float"]))
+@given(text=st.text(max_size=300), numbers=hands, arithmetic=st.sampled_from(["exact", "float"]))
 def test_check_formula_total_on_any_text(text, numbers, arithmetic):
     v = check_formula(text, numbers, arithmetic=arithmetic)
     _assert_well_formed(v)
@@ -455,8 +484,11 @@ def test_check_formula_total_on_any_text(text, numbers, arithmetic):
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.text(alphabet="0123456789+-*/()= ", max_size=40), numbers=hands,
-       arithmetic=st.sampled_from(["exact", "float"]))
+@given(
+    text=st.text(alphabet="0123456789+-*/()= ", max_size=40),
+    numbers=hands,
+    arithmetic=st.sampled_from(["exact", "float"]),
+)
 def test_check_formula_total_on_formula_alphabet(text, numbers, arithmetic):
     v = check_formula(text, numbers, arithmetic=arithmetic)
     _assert_well_formed(v)
@@ -476,8 +508,7 @@ def test_solution_prefixes(numbers, data):
     assert v.status in ("correct", "partial", "wrong_numbers"), (formula[:cut], v)
 
 
-@pytest.mark.parametrize("text", ["9" * 5000, "(" * 100_000, "1+" * 50_000,
-                                  "\x00" * 1000, "1" * 4301 + "=24"])
+@pytest.mark.parametrize("text", ["9" * 5000, "(" * 100_000, "1+" * 50_000, "\x00" * 1000, "1" * 4301 + "=24"])
 def test_pathological_inputs(text):
     v = check_formula(text, HAND)
     _assert_well_formed(v)

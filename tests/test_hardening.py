@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from conftest import save_tiny_llama
 from sftrl import data
 from sftrl.atomic import OutputExistsError, atomic_path, write_text
 from sftrl.checkpoints import ShardWriter
@@ -31,6 +30,8 @@ from sftrl.models import build_tiny_model, build_tiny_tokenizer, save_model
 from sftrl.ppo import PPOConfig, train_ppo
 from sftrl.sft import TrainSettings, train_segment
 from sftrl.state import StateError, load_tree, save_tree
+
+from conftest import save_tiny_llama
 
 ARCH = dict(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, max_position_embeddings=64)
 
@@ -252,8 +253,10 @@ def test_sft_resume_refuses_a_planted_pickle(sft_state, tmp_path, victim):
     with pytest.raises(Exception) as err:
         _resume_sft(sft_state, tmp_path / "s", tmp_path)
     assert not (tmp_path / "ran").exists()
-    assert isinstance(err.value, pickle.UnpicklingError) or "safetensors" in repr(err.value).lower() or (
-        "header" in str(err.value).lower()
+    assert (
+        isinstance(err.value, pickle.UnpicklingError)
+        or "safetensors" in repr(err.value).lower()
+        or ("header" in str(err.value).lower())
     ), repr(err.value)
     assert not (tmp_path / "m2").exists()
 
@@ -397,8 +400,9 @@ def test_verifier_at_probe_scale():
 def test_readme_documents_unlock_requeue_and_the_limits():
     import yaml
 
-    from conftest import ROOT
     from sftrl import cli, config
+
+    from conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
     assert "snakemake --unlock" in readme and "LockException" in readme

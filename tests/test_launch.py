@@ -17,8 +17,17 @@ from sftrl.models import build_tiny_model, build_tiny_tokenizer, save_model
 
 ARCH = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_position_embeddings=64)
 HP = dict(
-    max_steps=8, lr=3e-3, scheduler="constant", warmup_ratio=0.0, batch_size=16, per_device_batch_size=8,
-    weight_decay=0.0, adam_betas=[0.9, 0.999], max_grad_norm=1.0, seed=0, save_every=0,
+    max_steps=8,
+    lr=3e-3,
+    scheduler="constant",
+    warmup_ratio=0.0,
+    batch_size=16,
+    per_device_batch_size=8,
+    weight_decay=0.0,
+    adam_betas=[0.9, 0.999],
+    max_grad_norm=1.0,
+    seed=0,
+    save_every=0,
 )
 
 
@@ -62,9 +71,17 @@ def test_two_processes_train_one_segment_like_one_process(tmp_path):
 
     def spec(name):
         return dict(
-            hp=HP, max_length=64, model=str(base), dtype="float32", data=str(tmp_path / "sft.parquet"),
-            stop_at=8, model_out=str(tmp_path / name), work_dir=str(tmp_path / f"work-{name}"),
-            state_out=str(tmp_path / f"state-{name}"), metrics=str(tmp_path / f"{name}.jsonl"), threads=1,
+            hp=HP,
+            max_length=64,
+            model=str(base),
+            dtype="float32",
+            data=str(tmp_path / "sft.parquet"),
+            stop_at=8,
+            model_out=str(tmp_path / name),
+            work_dir=str(tmp_path / f"work-{name}"),
+            state_out=str(tmp_path / f"state-{name}"),
+            metrics=str(tmp_path / f"{name}.jsonl"),
+            threads=1,
         )
 
     launch.run("sft", spec("one"), processes=1)

@@ -37,7 +37,7 @@ def test_save_load_round_trip(tmp_path: Path):
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert not list(tmp_path.glob(".m.*"))  # no temporary left behind
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
-    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
     tok2 = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert tok2("12*2")["input_ids"] == tok("12*2")["input_ids"]
@@ -51,7 +51,7 @@ def test_save_load_round_trip(tmp_path: Path):
 def test_same_seed_same_initialisation():
     tok = build_tiny_tokenizer()
     a, b = build_tiny_model(ARCH, tok, 3), build_tiny_model(ARCH, tok, 3)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(

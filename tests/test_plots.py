@@ -16,23 +16,52 @@ def _summary_rows(specs):
     rows = []
     for model, id_acc, ood_acc in specs:
         for split, acc in (("id", id_acc), ("ood", ood_acc)):
-            rows.append({"model": model, "split": split, "accuracy": acc, "ci_low": acc - 0.05, "ci_high": acc + 0.05,
-                             "numbers_correct": 0.5, "format_error": 0.0, "mean_turns": 1.0, "heldout_n": 10.0, "heldout_accuracy": acc,
-                             "first_accuracy": acc - 0.02, "first_ci_low": acc - 0.07, "first_ci_high": acc + 0.03,
-                             "extra_ten": 0.1, "solved_by_turn": f"{100 * acc - 2:.1f} / 2.0"})
-    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in tables.SUMMARY_FIELDS}, "solved_by_turn": pl.String}
+            rows.append(
+                {
+                    "model": model,
+                    "split": split,
+                    "accuracy": acc,
+                    "ci_low": acc - 0.05,
+                    "ci_high": acc + 0.05,
+                    "numbers_correct": 0.5,
+                    "format_error": 0.0,
+                    "mean_turns": 1.0,
+                    "heldout_n": 10.0,
+                    "heldout_accuracy": acc,
+                    "first_accuracy": acc - 0.02,
+                    "first_ci_low": acc - 0.07,
+                    "first_ci_high": acc + 0.03,
+                    "extra_ten": 0.1,
+                    "solved_by_turn": f"{100 * acc - 2:.1f} / 2.0",
+                }
+            )
+    schema = {
+        "model": pl.String,
+        "split": pl.String,
+        **{k: pl.Float64 for k in tables.SUMMARY_FIELDS},
+        "solved_by_turn": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
-SUMMARIES = _summary_rows([
-    ("base", 0.80, 0.25), ("sft-25", 0.81, 0.19), ("sft-50", 0.88, 0.14), ("sft-400", 0.92, 0.06),
-    ("ppo-25", 0.78, 0.17), ("ppo-50", 0.80, 0.13), ("ppo-400", 0.91, 0.05),
-    ("uvmerge-sft-25-into-sft-400-top0.2", 0.78, 0.14), ("uvmerge-sft-25-into-sft-400-top0.5", 0.73, 0.19),
-    ("uvmerge-sft-25-into-sft-400-top0-bottom0.2", 0.92, 0.07), ("sigmaswap-sft-25-into-sft-400-top0.2", 0.91, 0.06),
-    ("uvmerge-sft-50-into-ppo-50-top1", 0.88, 0.14),
-    ("layerreset-sft-25-into-sft-400-layers0-0.25", 0.91, 0.10),
-    ("layerreset-sft-25-into-sft-400-layers0-0.5", 0.86, 0.10),
-])
+SUMMARIES = _summary_rows(
+    [
+        ("base", 0.80, 0.25),
+        ("sft-25", 0.81, 0.19),
+        ("sft-50", 0.88, 0.14),
+        ("sft-400", 0.92, 0.06),
+        ("ppo-25", 0.78, 0.17),
+        ("ppo-50", 0.80, 0.13),
+        ("ppo-400", 0.91, 0.05),
+        ("uvmerge-sft-25-into-sft-400-top0.2", 0.78, 0.14),
+        ("uvmerge-sft-25-into-sft-400-top0.5", 0.73, 0.19),
+        ("uvmerge-sft-25-into-sft-400-top0-bottom0.2", 0.92, 0.07),
+        ("sigmaswap-sft-25-into-sft-400-top0.2", 0.91, 0.06),
+        ("uvmerge-sft-50-into-ppo-50-top1", 0.88, 0.14),
+        ("layerreset-sft-25-into-sft-400-layers0-0.25", 0.91, 0.10),
+        ("layerreset-sft-25-into-sft-400-layers0-0.5", 0.86, 0.10),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +79,47 @@ def frames(tmp_path_factory):
                 name = f"model.layers.{layer}.{'mlp' if t == 'down' else 'self_attn'}.{t}_proj.weight"
                 for i in range(20):
                     band = "head" if i < 2 else ("tail" if i >= 18 else "bulk")
-                    rows.append({"matrix": name, "layer": layer, "type": t, "index": i, "band": band, "sigma_a": 1.0, "sigma_b": 1.0,
-                                     "rel_dsigma": (i + 1) * 1e-3, "angle_u": float(i) if i < 4 else None,
-                                     "angle_v": float(i) / 2 if i < 4 else None})
+                    rows.append(
+                        {
+                            "matrix": name,
+                            "layer": layer,
+                            "type": t,
+                            "index": i,
+                            "band": band,
+                            "sigma_a": 1.0,
+                            "sigma_b": 1.0,
+                            "rel_dsigma": (i + 1) * 1e-3,
+                            "angle_u": float(i) if i < 4 else None,
+                            "angle_v": float(i) / 2 if i < 4 else None,
+                        }
+                    )
                 for band, angle in (("head", 5.0), ("bulk", 1.0), ("tail", 8.0)):
-                    summary.append({"matrix": name, "layer": layer, "type": t, "band": band, "mean_rel_dsigma": 1e-3,
-                                        "mean_angle_u": angle, "mean_angle_v": angle + 1})
+                    summary.append(
+                        {
+                            "matrix": name,
+                            "layer": layer,
+                            "type": t,
+                            "band": band,
+                            "mean_rel_dsigma": 1e-3,
+                            "mean_angle_u": angle,
+                            "mean_angle_v": angle + 1,
+                        }
+                    )
         index_paths.append(tmp / f"{a}--{b}.index.parquet")
         pl.DataFrame(rows).write_parquet(index_paths[-1])
         summary_paths.append(tmp / f"{a}--{b}.parquet")
         pl.DataFrame(summary).write_parquet(summary_paths[-1])
     profile = tables.spectrum_profile(index_paths)
     spectrum = tables.spectrum_summary(summary_paths)
-    return {"traj": traj, "rl": rl, "stages": stages, "uv": uv, "layers": layers, "profile": profile, "spectrum": spectrum}
+    return {
+        "traj": traj,
+        "rl": rl,
+        "stages": stages,
+        "uv": uv,
+        "layers": layers,
+        "profile": profile,
+        "spectrum": spectrum,
+    }
 
 
 def _layers(spec: dict) -> list[dict]:
@@ -171,7 +228,11 @@ def test_principal_angles_spec_with_band_means(frames):
     (rule,) = _by_mark(spec, "rule")  # band means across each band
     assert rule["encoding"]["x"]["field"] == "rel_start" and rule["encoding"]["x2"]["field"] == "rel_stop"
     bands = [r for r in _data(spec) if r["row"] == "band"]
-    head = next(r for r in bands if r["pair"] == "base → sft-400" and r["type"] == "q" and r["band"] == "head" and r["subspace"] == "V")
+    head = next(
+        r
+        for r in bands
+        if r["pair"] == "base → sft-400" and r["type"] == "q" and r["band"] == "head" and r["subspace"] == "V"
+    )
     assert head["angle"] == pytest.approx(6.0) and head["rel_start"] == 0 and head["rel_stop"] == pytest.approx(0.1)
     curve = [r for r in _data(spec) if r["row"] == "index" and r["angle"] is not None]
     assert {r["subspace"] for r in curve} == {"U", "V"}
@@ -187,7 +248,9 @@ def test_uv_merge_spec_leaves_out_the_reverse_experiment(frames):
     rows = _data(spec)
     assert not any("into-ppo" in r["name"] for r in rows)
     assert {r["edit"] for r in rows} == {"uv-merge top", "uv-merge bottom", "sigma-swap"}
-    top02 = next(r for r in rows if r["name"].endswith("top0.2") and r["edit"] == "uv-merge top" and r["split"] == "OOD")
+    top02 = next(
+        r for r in rows if r["name"].endswith("top0.2") and r["edit"] == "uv-merge top" and r["split"] == "OOD"
+    )
     assert top02["fraction"] == pytest.approx(0.2) and top02["donor"] == pytest.approx(19.0)
     assert top02["recovery_pct"] == pytest.approx(100 * (0.14 - 0.06) / (0.19 - 0.06))
 
@@ -234,7 +297,9 @@ def test_save_chart_writes_offline_html_png_svg_deterministically(frames, tmp_pa
 
 def test_check_offline_html_rejects_a_cdn_script(tmp_path):
     page = tmp_path / "cdn.html"
-    page.write_text('<html><script src="https://cdn.jsdelivr.net/npm/vega@5"></script><script>vegaEmbed()</script></html>')
+    page.write_text(
+        '<html><script src="https://cdn.jsdelivr.net/npm/vega@5"></script><script>vegaEmbed()</script></html>'
+    )
     with pytest.raises(ValueError, match="loads scripts from the network"):
         plots.check_offline_html(page)
 

@@ -263,8 +263,16 @@ def test_ppo_raises_the_mean_reward(tmp_path, start_model):
     last = train_ppo(start_model, hands, "compact", cfg, tmp_path / "ppo", tmp_path / "work", metrics, progress=False)
     rows = _rows(metrics)
     assert [r["update"] for r in rows] == list(range(1, 16)) and last == rows[-1]
-    for key in ("charts/mean_reward", "charts/success_rate", "losses/approx_kl", "losses/clipfrac",
-                "losses/explained_variance", "losses/value_loss", "losses/policy_loss", "charts/learning_rate"):
+    for key in (
+        "charts/mean_reward",
+        "charts/success_rate",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/explained_variance",
+        "losses/value_loss",
+        "losses/policy_loss",
+        "charts/learning_rate",
+    ):
         assert all(math.isfinite(r[key]) for r in rows), key
     reward = [r["charts/mean_reward"] for r in rows]
     assert sum(reward[-3:]) / 3 > sum(reward[:3]) / 3 + 0.5, reward
@@ -385,7 +393,6 @@ def test_grpo_writes_a_loadable_checkpoint(tmp_path, start_model):
     assert not (tmp_path / "w").exists()
 
 
-
 def test_length_bucketed_order_covers_the_buffer_in_equal_sorted_minibatches():
     torch.manual_seed(0)
     lengths = torch.tensor([20, 90, 21, 40, 19, 95, 60, 22, 41, 20])  # 10 actions
@@ -394,4 +401,4 @@ def test_length_bucketed_order_covers_the_buffer_in_equal_sorted_minibatches():
     assert set(order.tolist()) == set(range(10))  # every action, and two of them twice
     batches = order.view(3, 4)
     spans = sorted((int(lengths[b].min()), int(lengths[b].max())) for b in batches)
-    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:], strict=False))  # no overlap
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:], strict=True))  # no overlap

@@ -42,17 +42,13 @@ PAPER_PROMPT_ID = (
     "[Output]\n"
     "{\n"
     "  \"cards\": [x, y, z, w], where 'J', 'Q', and 'K' count as '10'.,\n"
-    "  \"number\": [a, b, c, d], where a, b, c, and d are the numbers on the cards,\n"
+    '  "number": [a, b, c, d], where a, b, c, and d are the numbers on the cards,\n'
     "  \"formula\": 'an equation that equals 24',\n"
     "}\n"
 )
 
 PAPER_RESPONSE_OOD = (
-    "{\n"
-    "  \"cards\": ['2', 'Q', '7', 'Q'],\n"
-    "  \"number\": ['2', '12', '7', '12'],\n"
-    "  \"formula\": \"(12-7)*2+12\"\n"
-    "}"
+    "{\n  \"cards\": ['2', 'Q', '7', 'Q'],\n  \"number\": ['2', '12', '7', '12'],\n  \"formula\": \"(12-7)*2+12\"\n}"
 )
 
 
@@ -178,9 +174,7 @@ def test_feedback_sentences():
     assert paper.feedback(check_formula("2*12", [2, 12, 7, 3])) == (
         "You failed this trial because you didn't use numbers: [7, 3]."
     )
-    assert paper.feedback(check_formula(None, [1, 2, 3, 4])) == (
-        "You failed this trial because illegal characters."
-    )
+    assert paper.feedback(check_formula(None, [1, 2, 3, 4])) == ("You failed this trial because illegal characters.")
 
 
 @pytest.mark.parametrize(
@@ -214,21 +208,21 @@ def test_compact_feedback_refuses_a_correct_answer():
 
 EXTRACT_CASES = [
     # strict JSON
-    ('{"cards": ["2", "Q", "7", "Q"], "number": [2, 12, 7, 12], "formula": "(12-7)*2+12"}',
-     "(12-7)*2+12"),
+    ('{"cards": ["2", "Q", "7", "Q"], "number": [2, 12, 7, 12], "formula": "(12-7)*2+12"}', "(12-7)*2+12"),
     # the study's SFT target: single-quoted lists (not JSON), found by the regex
     (PAPER_RESPONSE_OOD, "(12-7)*2+12"),
     # single quotes everywhere
-    ("{'cards': ['2', 'Q', '7', 'Q'], 'number': [2, 12, 7, 12], 'formula': '(12-7)*2+12'}",
-     "(12-7)*2+12"),
+    ("{'cards': ['2', 'Q', '7', 'Q'], 'number': [2, 12, 7, 12], 'formula': '(12-7)*2+12'}", "(12-7)*2+12"),
     # trailing comma ([CHU]'s ResponseEqn)
     ('{\n  "cards": ["2", "Q"],\n  "formula": "(12-7)*2+12",\n}', "(12-7)*2+12"),
     # unquoted card names in other fields
-    ('{"cards": [J, Q, 7, 9], "number": [10, 10, 7, 9], "formula": "(10-7)*10-9+3"}',
-     "(10-7)*10-9+3"),
+    ('{"cards": [J, Q, 7, 9], "number": [10, 10, 7, 9], "formula": "(10-7)*10-9+3"}', "(10-7)*10-9+3"),
     # code fence and text around it
-    ('Sure! Here is my answer:\n```json\n{\n  "cards": [\'2\', \'Q\'],\n'
-     '  "formula": "2*12"\n}\n```\nHope this helps.', "2*12"),
+    (
+        "Sure! Here is my answer:\n```json\n{\n  \"cards\": ['2', 'Q'],\n"
+        '  "formula": "2*12"\n}\n```\nHope this helps.',
+        "2*12",
+    ),
     # "= 24" tail and spaces are kept: the verifier judges them
     ('{"formula": "(10 - 4) * (2 + 2) = 24"}', "(10 - 4) * (2 + 2) = 24"),
     # no space after the colon
@@ -280,8 +274,8 @@ def test_extract_formula_never_raises(text):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    prefix=st.text(alphabet='{}[]"\':,formula \n', max_size=60),
-    suffix=st.text(alphabet='{}[]"\':,formula \n', max_size=60),
+    prefix=st.text(alphabet="{}[]\"':,formula \n", max_size=60),
+    suffix=st.text(alphabet="{}[]\"':,formula \n", max_size=60),
     value=st.text(max_size=30),
 )
 def test_extract_formula_never_raises_on_jsonish(prefix, suffix, value):

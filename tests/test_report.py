@@ -9,10 +9,11 @@ import re
 
 import polars as pl
 import pytest
-from browser import open_page, require_chromium
-from conftest import run_snakemake
 
 from sftrl import plots
+
+from browser import open_page, require_chromium
+from conftest import run_snakemake
 
 PLOTS = ["sft-trajectory", "rl-recovery", "stages", "sigma-change", "principal-angles", "uv-merge", "layer-reset"]
 TABLES = ["sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"]

@@ -32,8 +32,15 @@ def test_segments_lower_the_loss_and_write_exactly_their_outputs(tmp_path, sft_d
     tok = build_tiny_tokenizer()
     hp = _settings(max_steps=40)
     train_segment(
-        build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 40, tmp_path / "sft-40", tmp_path / "work",
-        state_out=tmp_path / "state-40", metrics_path=tmp_path / "m.jsonl",
+        build_tiny_model(ARCH, tok, 0),
+        tok,
+        sft_data,
+        hp,
+        40,
+        tmp_path / "sft-40",
+        tmp_path / "work",
+        state_out=tmp_path / "state-40",
+        metrics_path=tmp_path / "m.jsonl",
     )
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -53,7 +60,13 @@ def test_chained_segments_equal_one_uninterrupted_run(tmp_path, sft_data):
         build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 6, tmp_path / "a", tmp_path / "w1", state_out=tmp_path / "s6"
     )
     train_segment(
-        build_tiny_model(ARCH, tok, 99), tok, sft_data, hp, 12, tmp_path / "b", tmp_path / "w2",
+        build_tiny_model(ARCH, tok, 99),
+        tok,
+        sft_data,
+        hp,
+        12,
+        tmp_path / "b",
+        tmp_path / "w2",
         resume_from=tmp_path / "s6",
     )
     full, chained, half = _weights(tmp_path / "full"), _weights(tmp_path / "b"), _weights(tmp_path / "a")
@@ -68,8 +81,9 @@ def test_requeued_segment_resumes_from_its_work_dir(tmp_path, sft_data):
     hp = _settings(max_steps=8, save_every=4)
     train_segment(build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 8, tmp_path / "full", tmp_path / "w0")
     # simulate the interruption: train to 4 with the same work dir, keep its state there
-    train_segment(build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 4, tmp_path / "x", tmp_path / "w1",
-                  state_out=tmp_path / "s4")
+    train_segment(
+        build_tiny_model(ARCH, tok, 0), tok, sft_data, hp, 4, tmp_path / "x", tmp_path / "w1", state_out=tmp_path / "s4"
+    )
     (tmp_path / "w1").mkdir()
     (tmp_path / "s4").rename(tmp_path / "w1" / "checkpoint-4")
     train_segment(build_tiny_model(ARCH, tok, 5), tok, sft_data, hp, 8, tmp_path / "resumed", tmp_path / "w1")
@@ -84,7 +98,13 @@ def test_bad_stop_step_and_state_are_rejected(tmp_path, sft_data):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         train_segment(
-            build_tiny_model(ARCH, tok, 0), tok, sft_data, _settings(), 6, tmp_path / "m", tmp_path / "w2",
+            build_tiny_model(ARCH, tok, 0),
+            tok,
+            sft_data,
+            _settings(),
+            6,
+            tmp_path / "m",
+            tmp_path / "w2",
             resume_from=tmp_path / "empty",
         )
 
@@ -92,9 +112,15 @@ def test_bad_stop_step_and_state_are_rejected(tmp_path, sft_data):
 def test_lora_segment_saves_a_merged_plain_checkpoint(tmp_path, sft_data):
     tok = build_tiny_tokenizer()
     lora = dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    train_segment(build_tiny_model(ARCH, tok, 0), tok, sft_data, _settings(max_steps=2, lora=lora), 2,
-                  tmp_path / "m", tmp_path / "w")
+    train_segment(
+        build_tiny_model(ARCH, tok, 0),
+        tok,
+        sft_data,
+        _settings(max_steps=2, lora=lora),
+        2,
+        tmp_path / "m",
+        tmp_path / "w",
+    )
     names = set(_weights(tmp_path / "m"))
     assert not any("lora" in n for n in names)
     assert "model.layers.0.self_attn.q_proj.weight" in names
-

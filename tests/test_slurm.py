@@ -141,7 +141,9 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
         group = groups[rule]
         seen.add(group)
         want = expected_resources(cfg, group)
-        got = {k: int(res[k]) for k in ("gpu", "cpus_per_gpu", "cpus_per_task", "nodes", "mem_mb", "runtime") if k in res}
+        got = {
+            k: int(res[k]) for k in ("gpu", "cpus_per_gpu", "cpus_per_task", "nodes", "mem_mb", "runtime") if k in res
+        }
         assert got == want, f"{paper.name}: rule {rule} (group {group}) plans {got}, config says {want}"
         if group in GPU_GROUPS:
             assert got.get("gpu", 0) >= 1 and "cpus_per_task" not in got, (rule, got)
@@ -210,9 +212,9 @@ def test_the_cluster_command_as_users_type_it(tmp_path):
     sft = [res for rule, res in jobs if rule == "sft"]
     assert len(sft) == len(cfg["sft"]["checkpoints"])
     for res in sft:
-        assert {k: res.get(k) for k in ("gpu", "gpu_model", "nodes", "runtime", "qos", "slurm_extra")} == {
-            "gpu": "4", "gpu_model": "h100", "nodes": "1", "runtime": "240", "qos": "long", "slurm_extra": "--mail-type=END",
-        }, res  # fmt: skip
+        want = {"gpu": "4", "gpu_model": "h100", "nodes": "1", "runtime": "240", "qos": "long"}
+        want["slurm_extra"] = "--mail-type=END"
+        assert {k: res.get(k) for k in want} == want, res
     evaluate = next(res for rule, res in jobs if rule == "evaluate")
     assert evaluate["gpu"] == "1" and "nodes" not in evaluate  # one GPU: no node count needed
 
@@ -253,9 +255,7 @@ def slurm_cluster(monkeypatch):
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, check=True).stdout
     return dict(re.findall(r"([\w/]+)=(\S*)", out))
 
 

@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from conftest import default_config
 from sftrl import study
+
+from conftest import default_config
 
 
 @pytest.fixture
@@ -58,8 +59,13 @@ def test_edit_names_round_trip(edit):
 def test_edit_names_in_the_tables_form():
     assert study.Edit("uvmerge", "sft-10", "sft-400", top=0.2, bottom=0.0).name == "uvmerge-sft-10-into-sft-400-top0.2"
     assert study.parse_edit_name("layerreset-sft-10-into-sft-400-layers0-0.25") == {
-        "name": "layerreset-sft-10-into-sft-400-layers0-0.25", "method": "layer-reset", "donor": "sft-10",
-        "target": "sft-400", "top": None, "bottom": None, "layers": "0-0.25",
+        "name": "layerreset-sft-10-into-sft-400-layers0-0.25",
+        "method": "layer-reset",
+        "donor": "sft-10",
+        "target": "sft-400",
+        "top": None,
+        "bottom": None,
+        "layers": "0-0.25",
     }
     assert study.parse_edit("uvmerge-sft-50-into-ppo-50-top1").reverse
     for bad in ("uvmerge-sft-50-top0.2", "layerreset-sft-1-into-sft-2-layers0", "crop-sft-1-into-sft-2-top0.2"):
@@ -80,8 +86,12 @@ def test_the_default_studys_edits(cfg):
 
 def test_layer_resets_at_each_depth(cfg):
     assert study.reset_layers(cfg, 4) == {
-        "layers0-0.25": [0], "layers0.25-0.5": [1], "layers0.5-0.75": [2], "layers0.75-1": [3],
-        "layers0-0.5": [0, 1], "layers0-0.75": [0, 1, 2],
+        "layers0-0.25": [0],
+        "layers0.25-0.5": [1],
+        "layers0.5-0.75": [2],
+        "layers0.75-1": [3],
+        "layers0-0.5": [0, 1],
+        "layers0-0.75": [0, 1, 2],
     }
     assert study.reset_layers(cfg, 28)["layers0-0.25"] == list(range(7))
     assert study.format_layers(list(range(7)) + [9]) == "0-6,9"
@@ -92,7 +102,11 @@ def test_spectrum_pairs_and_profile_pairs(cfg):
     assert pairs[:2] == [("base", "sft-5"), ("base", "sft-10")]
     assert ("sft-10", "sft-25") in pairs and ("sft-10", "sft-5") not in pairs
     assert ("sft-50", "ppo-50") in pairs
-    assert study.profile_pairs(cfg, lambda: "sft-10") == [("base", "sft-400"), ("sft-10", "sft-400"), ("sft-400", "ppo-400")]
+    assert study.profile_pairs(cfg, lambda: "sft-10") == [
+        ("base", "sft-400"),
+        ("sft-10", "sft-400"),
+        ("sft-400", "ppo-400"),
+    ]
     cfg["spectrum"]["pairs"] = ["sft-to-rl"]
     assert study.profile_pairs(cfg, lambda: 1 / 0) == [("sft-400", "ppo-400")]  # the peak is not asked for
     cfg["rl"]["from"] = None
@@ -111,11 +125,23 @@ def test_moderate_is_the_edits_target_when_rl_started_from_it(cfg):
 
 def test_the_registry_follows_the_config(cfg):
     assert study.table_names(cfg) == [
-        "sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"
+        "sft-trajectory",
+        "rl-recovery",
+        "stages",
+        "spectrum",
+        "uv-merge",
+        "layer-reset",
+        "benchmarks",
     ]
     assert study.RESULT["benchmarks"].path == "benchmarks/summary" and study.RESULT["stages"].path == "tables/stages"
     assert study.plot_names(cfg) == [
-        "sft-trajectory", "rl-recovery", "stages", "sigma-change", "principal-angles", "uv-merge", "layer-reset"
+        "sft-trajectory",
+        "rl-recovery",
+        "stages",
+        "sigma-change",
+        "principal-angles",
+        "uv-merge",
+        "layer-reset",
     ]
     cfg["edits"].update(uv_merge=[], sigma_swap=[], triplet_swap=[], layer_reset=[])
     assert "uv-merge" not in study.plot_names(cfg) and "layer-reset" not in study.plot_names(cfg)
@@ -124,6 +150,12 @@ def test_the_registry_follows_the_config(cfg):
 
 
 def test_model_step():
-    assert [study.model_step(m) for m in ("base", "sft-25", "ppo-400", "grpo-7", "ppo-50-lr3e-5")] == [0, 25, 400, 7, 50]
+    assert [study.model_step(m) for m in ("base", "sft-25", "ppo-400", "grpo-7", "ppo-50-lr3e-5")] == [
+        0,
+        25,
+        400,
+        7,
+        50,
+    ]
     with pytest.raises(ValueError):
         study.model_step("uvmerge-sft-1-into-sft-2-top0.2")

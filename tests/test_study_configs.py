@@ -19,7 +19,6 @@ import yaml
 from safetensors.torch import save_file
 from snakemake.utils import update_config
 
-from conftest import PAPER_MODEL_CONFIGS, ROOT, default_config, fake_checkpoint, paper_config
 from sftrl.config import (
     TINY_ONLY,
     ConfigError,
@@ -29,6 +28,8 @@ from sftrl.config import (
     strip_tiny_only,
     validate,
 )
+
+from conftest import PAPER_MODEL_CONFIGS, ROOT, default_config, fake_checkpoint, paper_config
 
 STUDY_CONFIGS = sorted(p for p in (ROOT / "config").glob("*.yaml") if p.name != "schema.yaml")
 PAPER_CONFIGS = [p for p in STUDY_CONFIGS if p.stem.startswith("paper-")]
@@ -145,7 +146,7 @@ def get(cfg: dict, key: str):
 def test_paper_configs_carry_the_studys_values(path):
     cfg = effective(path)
     wrong = {k: get(cfg, k) for k, v in STUDY_VALUES.items() if get(cfg, k) != v}
-    assert not wrong, f"{path.name}: {wrong} differ from the study's {({k: STUDY_VALUES[k] for k in wrong})}"
+    assert not wrong, f"{path.name}: {wrong} differ from the study's { ({k: STUDY_VALUES[k] for k in wrong}) }"
     m = PER_MODEL[path.stem]
     assert cfg["rl"]["num_updates"] == m["rl.num_updates"]
     assert {m["peak"], m["rl_start"]} <= set(cfg["sft"]["checkpoints"])
@@ -218,9 +219,23 @@ def test_a_dry_run_stops_at_once_on_a_missing_model_path(path, tmp_path):
     naming the key, with no job planned (and so nothing submitted)."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(path), "--workflow-profile", "none"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(path),
+            "--workflow-profile",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     seconds = time.perf_counter() - start
     out = proc.stdout + proc.stderr
@@ -235,9 +250,25 @@ def test_a_dry_run_stops_at_once_on_a_missing_model_path(path, tmp_path):
 def test_a_dry_run_with_the_weights_visible_plans_the_study(path, tmp_path):
     configfile = paper_config(path, tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(configfile), "--workflow-profile", "none", "--cores", "1"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(configfile),
+            "--workflow-profile",
+            "none",
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rule base:" in proc.stdout or "base " in proc.stdout

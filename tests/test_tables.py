@@ -10,11 +10,23 @@ from sftrl import study, tables
 
 def _summary(tmp_path, model, split, acc, n=234):
     s = {
-        "model": model, "split": split, "n": n, "solved": round(acc * n), "accuracy": acc,
-        "ci_low": acc - 0.05, "ci_high": acc + 0.05, "numbers_correct": 0.5, "format_error": 0.0,
-        "mean_turns": 1.0, "heldout_n": 20, "heldout_accuracy": acc / 2,
-        "first_accuracy": acc - 0.1, "first_ci_low": acc - 0.15, "first_ci_high": acc - 0.05,
-        "solved_by_turn": [acc - 0.1, 0.1], "extra_ten": 0.05,
+        "model": model,
+        "split": split,
+        "n": n,
+        "solved": round(acc * n),
+        "accuracy": acc,
+        "ci_low": acc - 0.05,
+        "ci_high": acc + 0.05,
+        "numbers_correct": 0.5,
+        "format_error": 0.0,
+        "mean_turns": 1.0,
+        "heldout_n": 20,
+        "heldout_accuracy": acc / 2,
+        "first_accuracy": acc - 0.1,
+        "first_ci_low": acc - 0.15,
+        "first_ci_high": acc - 0.05,
+        "solved_by_turn": [acc - 0.1, 0.1],
+        "extra_ten": 0.05,
     }
     path = tmp_path / f"{model}-{split}.json"
     path.write_text(json.dumps(s))
@@ -25,9 +37,12 @@ def test_sft_trajectory_rows_columns_and_order(tmp_path):
     paths = [
         _summary(tmp_path, m, s, a)
         for m, s, a in [
-            ("sft-200", "id", 0.9), ("sft-200", "ood", 0.2),
-            ("base", "ood", 0.4), ("base", "id", 0.7),
-            ("sft-25", "ood", 0.45), ("sft-25", "id", 0.8),
+            ("sft-200", "id", 0.9),
+            ("sft-200", "ood", 0.2),
+            ("base", "ood", 0.4),
+            ("base", "id", 0.7),
+            ("sft-25", "ood", 0.45),
+            ("sft-25", "id", 0.8),
         ]
     ]
     df = tables.sft_trajectory(tables.read_summaries(paths))
@@ -52,7 +67,7 @@ def test_sft_trajectory_rows_columns_and_order(tmp_path):
 
 
 def test_recovery_formula_reproduces_the_studys_figures():
-    # PAPER.md §1: Qwen 17.09 -> 19.66 with peak 19.67 is 99.6%; Llama 8.97 -> 16.24 with peak 17.52 is 85.0%
+    # docs/study.md §1: Qwen 17.09 -> 19.66 with peak 19.67 is 99.6%; Llama 8.97 -> 16.24 with peak 17.52 is 85.0%
     assert tables.recovery(19.66, 17.09, 19.67) == pytest.approx(99.6, abs=0.05)
     assert tables.recovery(16.24, 8.97, 17.52) == pytest.approx(85.0, abs=0.05)
     assert tables.recovery(0.3, 0.3, 0.3) is None
@@ -71,15 +86,21 @@ def test_recovery_is_undefined_for_a_gap_within_the_intervals(start_high, refere
     value = tables.recovery(0.25, 0.10, 0.40, start_high, reference_low)
     assert (value == pytest.approx(50.0)) if defined else value is None
 
+
 def test_rl_recovery_rows_and_recovery(tmp_path):
     paths = [
         _summary(tmp_path, m, s, a)
         for m, s, a in [
-            ("sft-50", "id", 0.5), ("sft-50", "ood", 0.40),  # the peak
-            ("sft-100", "id", 0.7), ("sft-100", "ood", 0.30),
-            ("sft-400", "id", 0.9), ("sft-400", "ood", 0.10),
-            ("ppo-400", "id", 0.92), ("ppo-400", "ood", 0.25),
-            ("ppo-100", "id", 0.75), ("ppo-100", "ood", 0.20),
+            ("sft-50", "id", 0.5),
+            ("sft-50", "ood", 0.40),  # the peak
+            ("sft-100", "id", 0.7),
+            ("sft-100", "ood", 0.30),
+            ("sft-400", "id", 0.9),
+            ("sft-400", "ood", 0.10),
+            ("ppo-400", "id", 0.92),
+            ("ppo-400", "ood", 0.25),
+            ("ppo-100", "id", 0.75),
+            ("ppo-100", "ood", 0.20),
         ]
     ]
     df = tables.rl_recovery(tables.read_summaries(paths))
@@ -88,7 +109,9 @@ def test_rl_recovery_rows_and_recovery(tmp_path):
     # (0.20 - 0.30) / (0.40 - 0.30) = -100%; (0.25 - 0.10) / (0.40 - 0.10) = 50%
     assert df["recovery_pct"].to_list() == pytest.approx([-100.0, 50.0])
     md = tables.to_markdown(df, tables.RL_RECOVERY_MARKDOWN).splitlines()
-    assert df["delta_id"].to_list() == pytest.approx([0.05, 0.02]) and df["delta_ood"].to_list() == pytest.approx([-0.1, 0.15])
+    assert df["delta_id"].to_list() == pytest.approx([0.05, 0.02]) and df["delta_ood"].to_list() == pytest.approx(
+        [-0.1, 0.15]
+    )
     assert md[3] == (
         "| 400 | ppo-400 | 90.0 [85.0, 95.0] | 92.0 [87.0, 97.0] | +2.0 | 10.0 [5.0, 15.0] | 25.0 [20.0, 30.0] | +15.0 "
         "| 0.0 → 15.0 | 15.0 / 10.0 | 40.0 | 50.0 |"
@@ -106,8 +129,14 @@ def test_peak_ood_prefers_the_earliest_of_equal_peaks(tmp_path):
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("uvmerge-sft-50-into-sft-800-top0.2", {"method": "uv-merge", "donor": "sft-50", "target": "sft-800", "top": 0.2, "bottom": 0.0}),
-        ("sigmaswap-base-into-sft-8-top0-bottom0.2", {"method": "sigma-swap", "donor": "base", "top": 0.0, "bottom": 0.2}),
+        (
+            "uvmerge-sft-50-into-sft-800-top0.2",
+            {"method": "uv-merge", "donor": "sft-50", "target": "sft-800", "top": 0.2, "bottom": 0.0},
+        ),
+        (
+            "sigmaswap-base-into-sft-8-top0-bottom0.2",
+            {"method": "sigma-swap", "donor": "base", "top": 0.0, "bottom": 0.2},
+        ),
         ("layerreset-sft-50-into-sft-800-layers0-0.5", {"method": "layer-reset", "layers": "0-0.5", "top": None}),
         ("uvmerge-sft-800-into-ppo-800-top1", {"donor": "sft-800", "target": "ppo-800", "top": 1.0}),
         ("uvmerge-sft-800-into-grpo-800-top1", {"donor": "sft-800", "target": "grpo-800", "top": 1.0}),
@@ -153,7 +182,9 @@ def test_edit_tables_recovery_and_order(tmp_path):
     assert layers["layer_ids"].to_list() == ["0", "0-1", "1"]
     assert layers["recovery_ood_pct"].to_list() == pytest.approx([60.0, 66.667, 6.667], abs=1e-3)
     md = tables.to_markdown(layers, tables.LAYER_RESET_MARKDOWN).splitlines()
-    assert md[2].startswith("| 0-0.25 | 0 | sft-50 → sft-800 | 97.0 [92.0, 102.0] | 28.0 [23.0, 33.0] | 40.0 | 10.0 | 60.0 |")
+    assert md[2].startswith(
+        "| 0-0.25 | 0 | sft-50 → sft-800 | 97.0 [92.0, 102.0] | 28.0 [23.0, 33.0] | 40.0 | 10.0 | 60.0 |"
+    )
 
 
 def test_edit_tables_need_the_donor_summary(tmp_path):
@@ -168,14 +199,28 @@ def test_spectrum_summary_groups_by_type_and_band(tmp_path):
     for layer in (0, 1):
         for t in ("v", "q"):
             for band, d in (("tail", 3.0), ("head", 1.0), ("bulk", 2.0)):
-                rows.append({"matrix": f"model.layers.{layer}.self_attn.{t}_proj.weight", "layer": layer, "type": t,
-                                 "band": band, "mean_rel_dsigma": d * 1e-3 * (layer + 1), "mean_angle_u": d * 10.0,
-                                 "mean_angle_v": d * 20.0})
+                rows.append(
+                    {
+                        "matrix": f"model.layers.{layer}.self_attn.{t}_proj.weight",
+                        "layer": layer,
+                        "type": t,
+                        "band": band,
+                        "mean_rel_dsigma": d * 1e-3 * (layer + 1),
+                        "mean_angle_u": d * 10.0,
+                        "mean_angle_v": d * 20.0,
+                    }
+                )
     path = tmp_path / "base--sft-8.parquet"
     pl.DataFrame(rows).write_parquet(path)
     df = tables.spectrum_summary([path])
-    assert df.select("type", "band").rows() == [("q", "head"), ("q", "bulk"), ("q", "tail"),
-                                                ("v", "head"), ("v", "bulk"), ("v", "tail")]
+    assert df.select("type", "band").rows() == [
+        ("q", "head"),
+        ("q", "bulk"),
+        ("q", "tail"),
+        ("v", "head"),
+        ("v", "bulk"),
+        ("v", "tail"),
+    ]
     assert df["matrices"].to_list() == [2] * 6
     assert df["mean_rel_dsigma"][0] == pytest.approx(1.5e-3)  # mean of 1e-3 and 2e-3
     assert df["a"][0] == "base" and df["b"][0] == "sft-8"
@@ -195,7 +240,9 @@ def _stage_paths(tmp_path):
 
 
 def test_stage_table_rows_columns_and_recovery(tmp_path):
-    df = tables.stage_table(tables.read_summaries(_stage_paths(tmp_path)), premax="sft-50", moderate="sft-400", rl="ppo-400")
+    df = tables.stage_table(
+        tables.read_summaries(_stage_paths(tmp_path)), premax="sft-50", moderate="sft-400", rl="ppo-400"
+    )
     assert df["stage"].to_list() == ["Premax", "Moderate", "RL"]  # the study's order, not alphabetical
     assert df["model"].to_list() == ["sft-50", "sft-400", "ppo-400"]
     assert df.columns[:3] == ["stage", "model", "description"]
@@ -214,7 +261,7 @@ def test_stage_table_rows_columns_and_recovery(tmp_path):
 
 
 def test_stage_table_reproduces_the_papers_llama_row(tmp_path):
-    # PAPER.md §5.1, Llama: Premax OOD 17.52, Moderate 8.97, RL 16.24 -> 85.0% recovery
+    # docs/study.md §9, Llama: Premax OOD 17.52, Moderate 8.97, RL 16.24 -> 85.0% recovery
     specs = [("sft-140", 0.2479, 0.1752), ("sft-1100", 0.6838, 0.0897), ("ppo-1100", 0.7179, 0.1624)]
     paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
     df = tables.stage_table(tables.read_summaries(paths), "sft-140", "sft-1100", "ppo-1100")
@@ -222,7 +269,9 @@ def test_stage_table_reproduces_the_papers_llama_row(tmp_path):
 
 
 def test_stage_table_without_a_gap_has_no_recovery(tmp_path):
-    paths = [p for m in ("sft-50", "ppo-50") for p in (_summary(tmp_path, m, "id", 0.5), _summary(tmp_path, m, "ood", 0.3))]
+    paths = [
+        p for m in ("sft-50", "ppo-50") for p in (_summary(tmp_path, m, "id", 0.5), _summary(tmp_path, m, "ood", 0.3))
+    ]
     df = tables.stage_table(tables.read_summaries(paths), "sft-50", "sft-50", "ppo-50")
     assert df["recovery_ood_pct"].to_list() == [None, None, None]
 
@@ -233,8 +282,14 @@ def test_stage_table_names_the_missing_model(tmp_path):
 
 
 def test_edit_tables_sort_the_reverse_experiment_by_step(tmp_path):
-    specs = [("sft-25", 0.8, 0.3), ("ppo-25", 0.8, 0.2), ("sft-100", 0.9, 0.2), ("ppo-100", 0.9, 0.1),
-             ("uvmerge-sft-100-into-ppo-100-top1", 0.9, 0.15), ("uvmerge-sft-25-into-ppo-25-top1", 0.8, 0.25)]
+    specs = [
+        ("sft-25", 0.8, 0.3),
+        ("ppo-25", 0.8, 0.2),
+        ("sft-100", 0.9, 0.2),
+        ("ppo-100", 0.9, 0.1),
+        ("uvmerge-sft-100-into-ppo-100-top1", 0.9, 0.15),
+        ("uvmerge-sft-25-into-ppo-25-top1", 0.8, 0.25),
+    ]
     paths = [p for m, i, o in specs for p in (_summary(tmp_path, m, "id", i), _summary(tmp_path, m, "ood", o))]
     spectral, _ = tables.edit_tables(tables.read_summaries(paths))
     assert spectral["target"].to_list() == ["ppo-25", "ppo-100"]  # numerically, not "ppo-100" < "ppo-25"
@@ -249,11 +304,20 @@ def _index_table(path, n=10, layers=(0, 1), types=("q", "down"), k=2, scale=1.0)
         for t in types:
             for i in range(n):
                 band = "head" if i < 1 else ("tail" if i >= n - 1 else "bulk")
-                rows.append({
-                    "matrix": f"model.layers.{layer}.{'mlp' if t == 'down' else 'self_attn'}.{t}_proj.weight", "layer": layer,
-                    "type": t, "index": i, "band": band, "sigma_a": 1.0, "sigma_b": 1.0, "rel_dsigma": scale * (-1) ** i * (i + 1) * (layer + 1) * 1e-3,
-                    "angle_u": float(i + layer) if i < k else None, "angle_v": float(2 * i) if i < k else None,
-                })
+                rows.append(
+                    {
+                        "matrix": f"model.layers.{layer}.{'mlp' if t == 'down' else 'self_attn'}.{t}_proj.weight",
+                        "layer": layer,
+                        "type": t,
+                        "index": i,
+                        "band": band,
+                        "sigma_a": 1.0,
+                        "sigma_b": 1.0,
+                        "rel_dsigma": scale * (-1) ** i * (i + 1) * (layer + 1) * 1e-3,
+                        "angle_u": float(i + layer) if i < k else None,
+                        "angle_v": float(2 * i) if i < k else None,
+                    }
+                )
     pl.DataFrame(rows).write_parquet(path)
     return path
 
@@ -303,8 +367,19 @@ def test_spectrum_summary_orders_pairs_whatever_the_input_order(tmp_path):
     paths = []
     for a, b in (("sft-8", "ppo-8"), ("base", "sft-8"), ("base", "sft-4")):
         path = tmp_path / f"{a}--{b}.parquet"
-        pl.DataFrame([{"matrix": "model.layers.0.self_attn.q_proj.weight", "layer": 0, "type": "q", "band": "head",
-                           "mean_rel_dsigma": 1e-3, "mean_angle_u": 1.0, "mean_angle_v": 1.0}]).write_parquet(path)
+        pl.DataFrame(
+            [
+                {
+                    "matrix": "model.layers.0.self_attn.q_proj.weight",
+                    "layer": 0,
+                    "type": "q",
+                    "band": "head",
+                    "mean_rel_dsigma": 1e-3,
+                    "mean_angle_u": 1.0,
+                    "mean_angle_v": 1.0,
+                }
+            ]
+        ).write_parquet(path)
         paths.append(path)
     df = tables.spectrum_summary(paths)
     assert df.select("a", "b").rows() == [("base", "sft-4"), ("base", "sft-8"), ("sft-8", "ppo-8")]
@@ -316,9 +391,18 @@ def test_spectrum_summary_orders_pairs_whatever_the_input_order(tmp_path):
 
 def test_report_page_shows_the_tables_data_through_its_view_and_loads_nothing():
     df = pl.DataFrame(
-        {"stage": ["Premax", "RL <b>"], "model": ["sft-10", "ppo-400"], "id_accuracy": [0.5, 0.6], "id_ci_low": [0.4, 0.5],
-         "id_ci_high": [0.6, 0.7], "ood_accuracy": [0.188, None], "ood_ci_low": [0.143, None], "ood_ci_high": [0.243, None],
-         "recovery_ood_pct": [None, 40.0], "recovery_id_pct": [None, None]}
+        {
+            "stage": ["Premax", "RL <b>"],
+            "model": ["sft-10", "ppo-400"],
+            "id_accuracy": [0.5, 0.6],
+            "id_ci_low": [0.4, 0.5],
+            "id_ci_high": [0.6, 0.7],
+            "ood_accuracy": [0.188, None],
+            "ood_ci_low": [0.143, None],
+            "ood_ci_high": [0.243, None],
+            "recovery_ood_pct": [None, 40.0],
+            "recovery_id_pct": [None, None],
+        }
     )
     page = tables.report_page(df, tables.STAGES_MARKDOWN, "Stage table", caption="Source: x.csv", footnote="Note.")
     assert "<th>stage</th><th>model</th><th>ID acc % [95% CI]</th>" in page
@@ -352,13 +436,17 @@ def test_rl_sweep_rows_learning_and_id_kept(tmp_path):
     assert df["variant"].to_list() == ["default", "lr1e-4"]  # the rl: settings first
     assert df["settings"].to_list() == ["(the study's rl: settings)", "lr=0.0001"]
     assert df["learns"].to_list() == [True, False]
-    assert df["success_first"].to_list() == pytest.approx([0.6, 0.6]) and df["success_last"][0] == pytest.approx(0.7333, abs=1e-4)
+    assert df["success_first"].to_list() == pytest.approx([0.6, 0.6]) and df["success_last"][0] == pytest.approx(
+        0.7333, abs=1e-4
+    )
     assert df["approx_kl_max"].to_list() == pytest.approx([0.12, 1.8])
     # ID kept: 0.70 >= the start's lower bound 0.55; 0.50 is below it
     assert df["id_kept"].to_list() == [True, False]
     assert df["delta_ood"].to_list() == pytest.approx([0.02, -0.05])
     md = tables.to_markdown(df, tables.RL_SWEEP_MARKDOWN).splitlines()
-    assert md[2].startswith("| default | (the study's rl: settings) | 50 | 60.0 → 73.3 | 0.070 / 0.120 | 4.00 | 60.0 → 70.0 | +10.0 |")
+    assert md[2].startswith(
+        "| default | (the study's rl: settings) | 50 | 60.0 → 73.3 | 0.070 / 0.120 | 4.00 | 60.0 → 70.0 | +10.0 |"
+    )
     assert md[2].endswith("| yes | yes |") and md[3].endswith("| no | no |")
 
 

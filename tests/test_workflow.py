@@ -5,9 +5,10 @@ import json
 import polars as pl
 import pytest
 
-from conftest import reduced_config, run_snakemake, write_config
 from sftrl import data
 from sftrl.game import card_to_rank
+
+from conftest import reduced_config, run_snakemake, write_config
 
 
 def test_dry_run_lists_the_data_jobs(tmp_path):

@@ -195,32 +195,91 @@ def _read_weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def check_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Validate `path` as a checkpoint directory; raise `CheckpointError` saying what is wrong."""
-    return Checkpoint(path)
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` → the GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
-def is_checkpoint(path: str | os.PathLike) -> bool:
-    """True when `path` is a readable safetensors checkpoint (see `check_checkpoint` for the reason when not)."""
+# --- Hugging Face checkpoint directories (what model.path must be) ---------------------------------
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# model_type values of checkpoints the workflow loads: AutoModelForCausalLM's, plus mllama
+# (Llama-3.2-Vision, reduced to its text model; see sftrl.models). Read from transformers when it
+# is importable, so a new architecture it supports is known too.
+KNOWN_MODEL_TYPES = ("llama", "mllama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
+
+
+def _known_model_types() -> set[str]:
     try:
-        Checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return set(KNOWN_MODEL_TYPES)
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | {"mllama"}
 
 
-def tensor_names(path: str | os.PathLike) -> list[str]:
-    """Every tensor name in the checkpoint, in natural order (layers.2 before layers.10)."""
-    return Checkpoint(path).names
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file (its header: 8-byte length, then JSON), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= size <= 100_000_000:
+                return "not a safetensors file (no header)"
+            header = json.loads(fh.read(size))
+        if not isinstance(header, dict):
+            return "not a safetensors file (its header is not a JSON object)"
+    except (OSError, ValueError, RecursionError) as e:
+        return f"not readable as safetensors ({_clip(str(e), 120)})"
+    return None
 
 
-def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    return Checkpoint(path).shapes
-
-
-def read_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
-    """One tensor from the checkpoint, in its stored dtype."""
-    return Checkpoint(path).read(name)
+def checkpoint_dir_problems(path: Path, where: str, seen: str = "") -> list[str]:
+    """Why ``path`` is not a Hugging Face checkpoint directory the workflow can load (the first
+    reason, starting with ``where``), or []: it must hold a config.json whose ``model_type`` is a
+    causal LM transformers knows, and safetensors weights (every shard an index names; the headers
+    of the first and last shard are read)."""
+    expected = "expected a local Hugging Face checkpoint directory (config.json + *.safetensors)"
+    if not path.exists():
+        return [f"{where} does not exist{seen}; {expected}"]
+    if not path.is_dir():
+        return [f"{where} is not a directory; {expected}"]
+    try:
+        conf = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return [f"{where} has no config.json; {expected}"]
+    except (OSError, ValueError, RecursionError) as e:
+        return [f"{where}/config.json is not readable JSON ({_clip(str(e), 120)})"]
+    model_type = conf.get("model_type") if isinstance(conf, dict) else None
+    if not isinstance(model_type, str) or model_type not in _known_model_types():
+        return [
+            f"{where}/config.json: model_type {repr(model_type)[:200]} is not a causal language model "
+            f"transformers can load (e.g. {', '.join(KNOWN_MODEL_TYPES)})"
+        ]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return [f"{where}/{index.name} is not a safetensors index (no weight_map)"]
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            return [f"{where}: {index.name} names shards that are missing: {_clip(', '.join(missing))}"]
+        weights = [path / s for s in shards]
+    else:
+        weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return [f"{where} holds no weights (*.safetensors); {expected}"]
+    for file in weights[:1] + weights[-1:]:  # the headers of the first and last shard
+        problem = _safetensors_problem(file)
+        if problem:
+            return [f"{where}/{file.name}: {problem}"]
+    return []
 
 
 class _AtomicWriter:

@@ -138,15 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sftrl", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    edit = commands.add_parser("edit", help="write an edited checkpoint (PAPER.md §7)")
+    edit = commands.add_parser("edit", help="write an edited checkpoint (docs/study.md §8)")
     methods = edit.add_subparsers(dest="method", required=True, parser_class=_Parser)
     for method, help_text in zip(
         METHODS,
         (
-            "donor's singular directions (U, V) in the top/bottom bands, target's singular values (§7.2)",
-            "donor's singular values in the top/bottom bands, target's directions (§7.3)",
-            "donor's U, S and V in the top/bottom bands (§7.1)",
+            "donor's singular directions (U, V) in the top/bottom bands, target's singular values (docs/study.md §8)",
+            "donor's singular values in the top/bottom bands, target's directions (docs/study.md §8)",
+            "donor's U, S and V in the top/bottom bands (docs/study.md §8)",
         ),
+        strict=True,
     ):
         p = methods.add_parser(method, help=help_text)
         _add_pair(p)
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"'all' (every 2-D tensor, default) or a comma list of {','.join(MATRIX_TYPES)}",
         )
         p.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
-    p = methods.add_parser("layer-reset", help="donor's tensors for some decoder layers (§7.4)")
+    p = methods.add_parser("layer-reset", help="donor's tensors for some decoder layers (docs/study.md §8)")
     _add_pair(p)
     p.add_argument("--layers", type=_layers, required=True, help="layer ids, e.g. 0-3 or 0-3,8")
     p.add_argument(
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the target's embeddings and LM head (the study replaced them)",
     )
 
-    spectrum = commands.add_parser("spectrum", help="compare the spectra of two checkpoints (PAPER.md §6)")
+    spectrum = commands.add_parser("spectrum", help="compare the spectra of two checkpoints (docs/study.md §7)")
     spectrum.add_argument("a", help="reference checkpoint directory (or SVD file)")
     spectrum.add_argument("b", help="compared checkpoint directory (or SVD file)")
     spectrum.add_argument(

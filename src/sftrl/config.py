@@ -25,7 +25,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 # the study's names and layer ranges (re-exported: the workflow imports them from here too)
-from sftrl.study import band_name, format_layers, layer_range, layers_name, study_models, sweep_variants
+from sftrl.study import band_name, layer_range, layers_name, study_models, sweep_variants
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -460,7 +460,6 @@ def results_dir(study: str, base_dir: Path) -> Path:
     return path
 
 
-
 # --- keys that belong to one model source ---------------------------------------------------------
 # config.yaml (the tiny study) is always read first and a study file given with --configfile is
 # merged over it, key by key. These keys only mean something for the tiny source; a study of local
@@ -594,8 +593,10 @@ def positions_needed(cfg: dict) -> dict[str, tuple[int, str]]:
 
     prompt = 1 + len(get_template(cfg["model"]["template"]).prompt(["10"] * 4, "ood"))
     needs = {
-        "sft": (prompt + LONGEST_SOLUTION_CHARS + 1, f"{prompt} (BOS and the longest prompt) + "
-                f"{LONGEST_SOLUTION_CHARS} (the longest formula) + 1 (EOS)"),
+        "sft": (
+            prompt + LONGEST_SOLUTION_CHARS + 1,
+            f"{prompt} (BOS and the longest prompt) + {LONGEST_SOLUTION_CHARS} (the longest formula) + 1 (EOS)",
+        ),
     }
 
     def episode(turns: int, new_tokens: int, where: str) -> tuple[int, str]:
@@ -703,88 +704,39 @@ def _file_problems(cfg: dict, base_dir: Path) -> list[str]:
     return problems
 
 
-# model_type values of checkpoints the workflow loads: AutoModelForCausalLM's, plus mllama
-# (Llama-3.2-Vision, reduced to its text model; see sftrl.models). Read from transformers when it
-# is importable, so a new architecture it supports is known too.
-KNOWN_MODEL_TYPES = ("llama", "mllama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
-
-
-def _known_model_types() -> set[str]:
-    try:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return set(KNOWN_MODEL_TYPES)
-    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | {"mllama"}
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a safetensors file (its header: 8-byte length, then JSON), or None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            size = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 2 <= size <= 100_000_000:
-                return "not a safetensors file (no header)"
-            header = json.loads(fh.read(size))
-        if not isinstance(header, dict):
-            return "not a safetensors file (its header is not a JSON object)"
-    except (OSError, ValueError, RecursionError) as e:
-        return f"not readable as safetensors ({_clip(str(e), 120)})"
-    return None
-
-
 def model_path_problems(model_path: str, base_dir: Path, out: Path, study: str) -> list[str]:
     """``model.path`` checked when the DAG is built, so a dry-run or a cluster submission stops at
-    once, before any job: a directory (not inside this study's results) holding a config.json of
-    a known causal-LM architecture and safetensors weights (every shard an index names)."""
+    once, before any job: a checkpoint directory (:func:`checkpoint_dir_problems`) seen from
+    ``base_dir``, not inside this study's results ``out``."""
     if "\0" in model_path:
         return ["model.path: contains a NUL character"]
     path = Path(model_path).expanduser()
     path = path if path.is_absolute() else base_dir / path
-    where = f"model.path: {short(model_path)}"
-    expected = "expected a local Hugging Face checkpoint directory (config.json + *.safetensors)"
-    if not path.exists():
-        return [f"{where} does not exist (seen from {short(str(base_dir))}); {expected}"]
-    if not path.is_dir():
-        return [f"{where} is not a directory; {expected}"]
-    if path.resolve().is_relative_to(out.resolve()):
-        return [f"{where} is inside results/{study}/, which this study writes; copy the checkpoint elsewhere"]
-    try:
-        conf = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        return [f"{where} has no config.json; {expected}"]
-    except (OSError, ValueError, RecursionError) as e:
-        return [f"{where}/config.json is not readable JSON ({_clip(str(e), 120)})"]
-    model_type = conf.get("model_type") if isinstance(conf, dict) else None
-    if not isinstance(model_type, str) or model_type not in _known_model_types():
+    if path.is_dir() and path.resolve().is_relative_to(out.resolve()):
         return [
-            f"{where}/config.json: model_type {short(model_type)} is not a causal language model "
-            f"transformers can load (e.g. {', '.join(KNOWN_MODEL_TYPES)})"
+            f"model.path: {short(model_path)} is inside results/{study}/, which this study writes; "
+            "copy the checkpoint elsewhere"
         ]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            return [f"{where}/{index.name} is not a safetensors index (no weight_map)"]
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            return [f"{where}: {index.name} names shards that are missing: {_clip(', '.join(missing))}"]
-        weights = [path / s for s in shards]
-    else:
-        weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        return [f"{where} holds no weights (*.safetensors); {expected}"]
-    for file in weights[:1] + weights[-1:]:  # the headers of the first and last shard
-        problem = _safetensors_problem(file)
-        if problem:
-            return [f"{where}/{file.name}: {problem}"]
-    return []
+    from sftrl.checkpoints import checkpoint_dir_problems
+
+    seen = f" (seen from {short(str(base_dir))})" if not path.exists() else ""
+    return checkpoint_dir_problems(path, f"model.path: {short(model_path)}", seen)
 
 
 MAX_RUNTIME_MINUTES = 525_600  # a year, as the schema's limit of an integer runtime
 _TIMESPAN = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)\s*")
-_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1, "min": 1, "h": 60, "hour": 60, "d": 1440, "day": 1440, "w": 10080, "week": 10080}
+_MINUTES = {
+    "s": 1 / 60,
+    "sec": 1 / 60,
+    "m": 1,
+    "min": 1,
+    "h": 60,
+    "hour": 60,
+    "d": 1440,
+    "day": 1440,
+    "w": 10080,
+    "week": 10080,
+}
 
 
 def runtime_minutes(value: int | str) -> float:

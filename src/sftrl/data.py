@@ -2,7 +2,7 @@
 
 * ``sft``      -- ID-rule prompts with a solver solution as the answer (SFT data).
 * ``rl``       -- ID-rule prompts (PPO/GRPO episodes start from these hands).
-* ``eval-id``  -- fixed ID hands (J/Q/K = 10), 234 by default, seed 42 (PAPER.md §2.6).
+* ``eval-id``  -- fixed ID hands (J/Q/K = 10), 234 by default, seed 42 (docs/study.md §4).
 * ``eval-ood`` -- fixed OOD hands (J/Q/K = 11/12/13, at least one face card).
 * ``pretrain`` -- tiny source only: hands whose J/Q/K values are drawn per example and stated in
   the prompt, so the tiny base learns to *read* the rule, as the study's pretrained models can.
@@ -101,9 +101,7 @@ def _rows(
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def make_sft(
-    n: int, seed: int, template: str, heldout: frozenset = frozenset(), answer: str = "first"
-) -> pl.DataFrame:
+def make_sft(n: int, seed: int, template: str, heldout: frozenset = frozenset(), answer: str = "first") -> pl.DataFrame:
     """ID-rule SFT examples: prompt and one solver solution as the answer.
 
     ``answer="first"``: the solver's first solution, the same for every hand with the same numbers

@@ -1,19 +1,19 @@
-"""Restoration edits (PAPER.md §7): move singular directions, values or whole layers from a donor
+"""Restoration edits (docs/study.md §8): move singular directions, values or whole layers from a donor
 checkpoint into a target checkpoint.
 
-Notation as in §7: W = U diag(S) Vᵀ with S descending, n = min(rows, cols). `top` and `bottom` are
+Notation as in docs/study.md §8: W = U diag(S) Vᵀ with S descending, n = min(rows, cols). `top` and `bottom` are
 fractions of n, turned into counts kt = round(top · n), kb = round(bottom · n) (half up), then
 clipped as the study's code does: kt = min(kt, n), kb = min(kb, n − kt). The head is indices
 [0, kt), the tail [n − kb, n).
 
-- `uv_merge` (§7.2, "restored-direction", P1's UV merging): donor U and V in the head and tail,
+- `uv_merge` (docs/study.md §8, "restored-direction", P1's UV merging): donor U and V in the head and tail,
   the target's singular values everywhere.
-- `sigma_swap` (§7.3): donor singular values in the head and tail, the target's U and V.
-- `triplet_swap` (§7.1, "restored-vector"): donor U, S and V in the head and tail.
-- `layer_reset` (§7.4): the donor's tensors for chosen decoder layers (plus embeddings and LM head).
+- `sigma_swap` (docs/study.md §8): donor singular values in the head and tail, the target's U and V.
+- `triplet_swap` (docs/study.md §8, "restored-vector"): donor U, S and V in the head and tail.
+- `layer_reset` (docs/study.md §8): the donor's tensors for chosen decoder layers (plus embeddings and LM head).
 
 Matrices are computed in fp32 and returned or written in the target's dtype. The reverse
-experiment of §7.2 (the SFT model's directions imposed on its PPO model) is the same call with the
+experiment of docs/study.md §8 (the SFT model's directions imposed on its PPO model) is the same call with the
 roles swapped: `edit_checkpoint(target_dir=ppo, donor_dir=sft, ...)`.
 """
 
@@ -23,14 +23,15 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from sftrl.checkpoints import DEFAULT_MAX_SHARD_BYTES, Checkpoint, CheckpointError, ShardWriter
-from sftrl.study import format_layers
 from sftrl.spectrum import SvdFile, format_types, layer_of, parse_types, resolve_device, select_matrices
+from sftrl.study import format_layers
 
 METHODS = ("uv-merge", "sigma-swap", "triplet-swap")
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -79,63 +80,45 @@ def _band_counts_for(w_target, w_donor, svd_donor, top: float, bottom: float) ->
     return (n, *band_counts(n, top, bottom))
 
 
-def uv_merge(
-    w_target: torch.Tensor,
-    w_donor: torch.Tensor | None,
-    top: float,
-    bottom: float = 0.0,
-    *,
-    svd_target: Factors | None = None,
-    svd_donor: Factors | None = None,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """§7.2: W = U_new diag(S_target) V_newᵀ, where U_new, V_new take the donor's singular vectors
-    in the head (top fraction) and tail (bottom fraction) and the target's elsewhere.
-
-    No shortcut when kt + kb = n: top=1 gives U_donor diag(S_target) V_donorᵀ, the donor's
-    directions with the target's magnitudes. U_new is in general not exactly orthonormal (the
-    study does not re-orthogonalise). kt = kb = 0 returns `w_target` itself.
-    `svd_target`/`svd_donor` are optional precomputed (U, S, Vh); `w_donor` may then be None.
-    """
-    _, kt, kb = _band_counts_for(w_target, w_donor, svd_donor, top, bottom)
-    if kt == kb == 0:
-        return w_target
-    device = device or w_target.device
+def _uv_merge(w_target, w_donor, svd_target, svd_donor, n, kt, kb, device):
     u_d, _, vh_d = _factors(w_donor, svd_donor, device, copy=False)
     u_d, vh_d = _ends(u_d, kt, kb, 1), _ends(vh_d, kt, kb, 0)  # drop the rest before the next SVD
     u, s, vh = _factors(w_target, svd_target, device)
     _splice(u, u_d, kt, kb, dim=1)
     _splice(vh, vh_d, kt, kb, dim=0)
-    return (u.mul_(s) @ vh).to(w_target.device, w_target.dtype)
+    return u.mul_(s) @ vh
 
 
-def sigma_swap(
-    w_target: torch.Tensor,
-    w_donor: torch.Tensor | None,
-    top: float,
-    bottom: float = 0.0,
-    *,
-    svd_target: Factors | None = None,
-    svd_donor: Factors | None = None,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """§7.3: W = U_target diag(S_new) V_targetᵀ with the donor's singular values in the head and
-    tail and the target's elsewhere (the magnitude-only control). kt = kb = 0 returns `w_target`.
-    Of the donor only the singular values are used (`torch.linalg.svdvals`, or `svd_donor[1]`)."""
-    _, kt, kb = _band_counts_for(w_target, w_donor, svd_donor, top, bottom)
-    if kt == kb == 0:
-        return w_target
-    device = device or w_target.device
+def _sigma_swap(w_target, w_donor, svd_target, svd_donor, n, kt, kb, device):
     if svd_donor is not None:
         s_d = svd_donor[1].to(device, torch.float32)
     else:
         s_d = torch.linalg.svdvals(w_donor.to(device, torch.float32))
     u, s, vh = _factors(w_target, svd_target, device)
     _splice(s, _ends(s_d, kt, kb, 0), kt, kb, dim=0)
-    return (u.mul_(s) @ vh).to(w_target.device, w_target.dtype)
+    return u.mul_(s) @ vh
 
 
-def triplet_swap(
+def _triplet_swap(w_target, w_donor, svd_target, svd_donor, n, kt, kb, device):
+    if kt + kb == n:  # the whole spectrum: the donor matrix itself
+        if w_donor is None:
+            u_d, s_d, vh_d = _factors(None, svd_donor, device)
+            w_donor = u_d.mul_(s_d) @ vh_d
+        return w_donor
+    u_d, s_d, vh_d = _factors(w_donor, svd_donor, device, copy=False)
+    u_d, s_d, vh_d = _ends(u_d, kt, kb, 1), _ends(s_d, kt, kb, 0), _ends(vh_d, kt, kb, 0)
+    u, s, vh = _factors(w_target, svd_target, device)
+    _splice(u, u_d, kt, kb, dim=1)
+    _splice(s, s_d, kt, kb, dim=0)
+    _splice(vh, vh_d, kt, kb, dim=0)
+    return u.mul_(s) @ vh
+
+
+_EDITS = {"uv-merge": _uv_merge, "sigma-swap": _sigma_swap, "triplet-swap": _triplet_swap}
+
+
+def spectral_edit(
+    method: str,
     w_target: torch.Tensor,
     w_donor: torch.Tensor | None,
     top: float,
@@ -145,29 +128,35 @@ def triplet_swap(
     svd_donor: Factors | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """§7.1: W = U_new diag(S_new) V_newᵀ with the donor's U, S and V in the head and tail.
+    """One matrix edited by ``method`` (docs/study.md §8), with kt = round(top·n) directions
+    from the top of the spectrum and kb = round(bottom·n) from the bottom (``band_counts``):
 
-    Edge cases as in the study: kt = kb = 0 returns `w_target`; kt + kb = n returns the donor
-    matrix itself (a plain copy, in the target's dtype)."""
+    * ``uv-merge``: W = U_new diag(S_target) V_newᵀ, where U_new, V_new take the donor's singular
+      vectors in the head and tail and the target's elsewhere. No shortcut when kt + kb = n:
+      top=1 gives U_donor diag(S_target) V_donorᵀ, the donor's directions with the target's
+      magnitudes. U_new is in general not exactly orthonormal (the study does not
+      re-orthogonalise).
+    * ``sigma-swap``: W = U_target diag(S_new) V_targetᵀ with the donor's singular values in the
+      head and tail (the magnitude-only control); of the donor only the singular values are used.
+    * ``triplet-swap``: the donor's U, S and V in the head and tail; kt + kb = n returns the donor
+      matrix itself (a plain copy), as in the study.
+
+    kt = kb = 0 returns ``w_target`` itself. ``svd_target``/``svd_donor`` are optional
+    precomputed (U, S, Vh); ``w_donor`` may then be None. The result has the target's dtype and
+    device.
+    """
+    if method not in _EDITS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n, kt, kb = _band_counts_for(w_target, w_donor, svd_donor, top, bottom)
     if kt == kb == 0:
         return w_target
-    device = device or w_target.device
-    if kt + kb == n:
-        if w_donor is None:
-            u_d, s_d, vh_d = _factors(None, svd_donor, device)
-            w_donor = u_d.mul_(s_d) @ vh_d
-        return w_donor.to(w_target.device, w_target.dtype)
-    u_d, s_d, vh_d = _factors(w_donor, svd_donor, device, copy=False)
-    u_d, s_d, vh_d = _ends(u_d, kt, kb, 1), _ends(s_d, kt, kb, 0), _ends(vh_d, kt, kb, 0)
-    u, s, vh = _factors(w_target, svd_target, device)
-    _splice(u, u_d, kt, kb, dim=1)
-    _splice(s, s_d, kt, kb, dim=0)
-    _splice(vh, vh_d, kt, kb, dim=0)
-    return (u.mul_(s) @ vh).to(w_target.device, w_target.dtype)
+    w = _EDITS[method](w_target, w_donor, svd_target, svd_donor, n, kt, kb, device or w_target.device)
+    return w.to(w_target.device, w_target.dtype)
 
 
-EDIT_FUNCTIONS = {"uv-merge": uv_merge, "sigma-swap": sigma_swap, "triplet-swap": triplet_swap}
+uv_merge = partial(spectral_edit, "uv-merge")
+sigma_swap = partial(spectral_edit, "sigma-swap")
+triplet_swap = partial(spectral_edit, "triplet-swap")
 
 
 @dataclass
@@ -238,9 +227,9 @@ def edit_checkpoint(
     `spectrum.svd_checkpoint`; matrices with factors there are not decomposed again.
     Streams one tensor of each model at a time; the output directory appears atomically.
     """
-    if method not in EDIT_FUNCTIONS:
+    if method not in _EDITS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    edit = EDIT_FUNCTIONS[method]
+    edit = partial(spectral_edit, method)
     band_counts(1, top, bottom)  # validate the fractions before any work
     types = parse_types(types)
     device = resolve_device(device)
@@ -295,7 +284,7 @@ def layer_reset(
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> EditReport:
-    """§7.4: the donor's tensors for the given decoder layers, everything else from the target.
+    """docs/study.md §8: the donor's tensors for the given decoder layers, everything else from the target.
 
     A tensor comes from the donor when its name is under `…layers.<i>.` of the language model
     (`spectrum.LAYER_RE`; the vision tower is never touched) with i in `layers`, or, with

@@ -1,4 +1,4 @@
-"""Evaluation: batched generation and the study's multi-turn verification (PAPER.md §2.5-2.6).
+"""Evaluation: batched generation and the study's multi-turn verification (docs/study.md §3-§4).
 
 An episode is one hand. The model answers; the verifier (``sftrl.game.check_formula``) scores the
 extracted formula; a failed attempt is answered with the verifier's feedback turn and the model
@@ -251,16 +251,17 @@ def evaluate_model(
 
     Sampling is reseeded before each split, so a split's answers do not depend on the others.
     """
-    from sftrl.models import default_device, load_model, load_tokenizer
+    from sftrl.checkpoints import resolve_device
+    from sftrl.models import load_model, load_tokenizer
 
-    model = load_model(model_dir, dtype=dtype, device=default_device())
+    model = load_model(model_dir, dtype=dtype, device=resolve_device())
     generator = Generator(model, load_tokenizer(model_dir), template, settings)
     results = {}
     for split, split_hands in hands.items():
         generator.reseed()
         bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name} {split}", disable=not progress)
 
-        def generate(dialogues):
+        def generate(dialogues, bar=bar):
             answers = generator(dialogues)
             bar.update(1)
             return answers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "sftrl"
@@ -39,7 +39,7 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def imported_modules(path: Path, module: str | None = None) -> frozenset[str]:
     """The ``sftrl`` modules that the source at ``path`` imports (``module``: its own name)."""
     tree = ast.parse(path.read_bytes(), filename=str(path))

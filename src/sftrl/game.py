@@ -14,7 +14,7 @@ value under every rule; the face cards depend on the rule:
 The player must write a formula with ``+ - * / ( )`` that uses every card's number exactly once
 and evaluates to the target (24).  Only solvable hands are dealt.
 
-Verifier (``check_formula``), following the study's ``step_rewards`` (PAPER.md §2.4)
+Verifier (``check_formula``), following the study's ``step_rewards`` (docs/study.md §3)
 ------------------------------------------------------------------------------------
 1. text after the first ``=`` is dropped (``"(10-4)*(2+2)=24"`` -> ``"(10-4)*(2+2)"``);
 2. the string must consist of ASCII number tokens and ``+-*/()`` only -- anything else,
@@ -157,15 +157,10 @@ def face_values(rule: str | Sequence[int]) -> tuple[int, int, int]:
                 "or a tuple of three positive ints (J, Q, K values)"
             )
         return RULES[rule]
-    if (
-        isinstance(rule, (tuple, list))
-        and len(rule) == 3
-        and all(_is_int(v) and v >= 1 for v in rule)
-    ):
+    if isinstance(rule, (tuple, list)) and len(rule) == 3 and all(_is_int(v) and v >= 1 for v in rule):
         return (rule[0], rule[1], rule[2])
     raise ValueError(
-        f"invalid rule {rule!r}: expected one of {sorted(RULES)} "
-        "or a tuple of three positive ints (J, Q, K values)"
+        f"invalid rule {rule!r}: expected one of {sorted(RULES)} or a tuple of three positive ints (J, Q, K values)"
     )
 
 
@@ -231,9 +226,7 @@ def _render(op: str, left: str, lop: str, right: str, rop: str) -> str:
     """``left op right`` with minimal parentheses (value-preserving under left association)."""
     if op in "*/" and lop in ("+", "-"):
         left = f"({left})"
-    if rop and (
-        (op in "*/" and rop in "+-") or (op == "-" and rop in "+-") or (op == "/" and rop in "*/")
-    ):
+    if rop and ((op in "*/" and rop in "+-") or (op == "-" and rop in "+-") or (op == "/" and rop in "*/")):
         right = f"({right})"
     return f"{left}{op}{right}"
 
@@ -333,9 +326,7 @@ def _numbers(numbers: Iterable[int]) -> list[int]:
         except TypeError:
             nums = None
     if not nums or not all(_is_int(n) and n >= 0 for n in nums):
-        raise ValueError(
-            f"numbers must be a non-empty sequence of non-negative ints, got {numbers!r}"
-        )
+        raise ValueError(f"numbers must be a non-empty sequence of non-negative ints, got {numbers!r}")
     return nums
 
 
@@ -600,9 +591,7 @@ def check_formula(
     numbers_ok = used_counts == hand_counts
 
     if "".join(tokens) != formula:
-        return _verdict(
-            REWARDS["illegal"], ["illegal characters"], {"illegal"}, numbers_ok, formula
-        )
+        return _verdict(REWARDS["illegal"], ["illegal characters"], {"illegal"}, numbers_ok, formula)
 
     reward = 0.0
     messages: list[str] = []
@@ -648,14 +637,10 @@ def check_formula(
             if prev == "":
                 messages.append("your formula does not match any solution")
             else:
-                messages.append(
-                    f"{prev} is partially correct but the full formula does not match any solution"
-                )
+                messages.append(f"{prev} is partially correct but the full formula does not match any solution")
             break
     else:
         # Float mode only: an exact solution whose float value misses the target. The study
         # gives no penalty here (reward 0) and an empty message.
-        messages.append(
-            f"your formula evaluates to {value!r} in floating-point arithmetic, not {target}"
-        )
+        messages.append(f"your formula evaluates to {value!r} in floating-point arithmetic, not {target}")
     return _verdict(reward, messages, {"no_solution"}, numbers_ok, formula)

@@ -32,7 +32,8 @@ import torch
 from transformers import TrainerCallback
 
 from sftrl.game import check_formula
-from sftrl.ppo import PPOConfig, _truncate_metrics
+from sftrl.logs import truncate_metrics
+from sftrl.ppo import PPOConfig
 from sftrl.prompts import get_template
 
 __all__ = ["grpo_args", "make_reward_function", "train_grpo"]
@@ -53,7 +54,7 @@ def make_reward_function(template: str, arithmetic: str = "exact"):
         for completion, hand in zip(completions, numbers, strict=True):
             text = completion[-1]["content"] if isinstance(completion, list) else completion
             formula = tpl.extract(text)
-            verdict = check_formula(formula if formula is not None else "", list(hand), arithmetic=arithmetic)
+            verdict = check_formula(formula, list(hand), arithmetic=arithmetic)  # None: the study's "None"
             rewards.append(verdict.reward)
         return rewards
 
@@ -187,7 +188,7 @@ def train_grpo(
     )
     steps = _steps_per_update(cfg, world)
     # drop what an interrupted run logged after its newest state (all of it for a fresh run)
-    _truncate_metrics(metrics_path, int(newest.name.split("-")[1]) // steps if newest else 0)
+    truncate_metrics(metrics_path, int(newest.name.split("-")[1]) // steps if newest else 0)
     reward = make_reward_function(template, cfg.arithmetic)
     trainer = GRPOTrainer(
         model=load_model(model_dir, dtype="float32" if dtype == "auto" else dtype),

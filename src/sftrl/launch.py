@@ -46,6 +46,32 @@ def gpu_count(resources) -> int:
     return 1 if resources.get("gpu_model") else 0
 
 
+def run_rule(kind: str, spec: dict, job):
+    """Run the training job of a rule's script (``job``: the ``snakemake`` object Snakemake gives
+    the script): in its process, or one process per GPU of its resources with the config's
+    launcher and DeepSpeed config (:func:`run`). What the config says of DeepSpeed and logging
+    (``logging.report_to``, TensorBoard files beside the job log) is added to ``spec``."""
+    from sftrl.logs import tensorboard_dir
+
+    repository = Path(job.scriptdir).parent
+    deepspeed = deepspeed_config(job.config["distributed"]["deepspeed"][kind], repository)
+    spec = {
+        **spec,
+        "deepspeed": deepspeed,
+        "report_to": job.config.get("logging", {}).get("report_to", "none"),
+        "logging_dir": tensorboard_dir(job.log[0]),
+    }
+    return run(
+        kind,
+        spec,
+        processes=gpu_count(job.resources),
+        deepspeed=deepspeed,
+        launcher=job.config["distributed"]["launcher"],
+        spec_dir=job.params.work,
+        threads=job.threads,
+    )
+
+
 def job_resources(resources: dict, group: str) -> dict:
     """The Snakemake resources of a rule group: ``resources.default`` overridden by
     ``resources.<group>``. A job with GPUs keeps ``cpus_per_gpu`` when it has one (the SLURM

@@ -53,6 +53,17 @@ def job_log(path: str | os.PathLike, threads: int | None = None) -> Iterator[Non
 REPORT_TO = ("none", "tensorboard", "wandb")  # `logging.report_to` in the config
 
 
+def truncate_metrics(path: Path, last_update: int) -> None:
+    """Keep the rows of updates <= ``last_update`` of an RL metrics file (an interrupted run may
+    have logged past its resumable state)."""
+    import json
+
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["update"] <= last_update]
+    path.write_text("".join(row + "\n" for row in rows))
+
+
 def tensorboard_dir(log: str | os.PathLike) -> str:
     """Where a training job's TensorBoard events go: ``logs/tensorboard/<run>`` beside the job's
     ``logs/<stage>/<run>.log``, so ``tensorboard --logdir results/<study>/logs/tensorboard``

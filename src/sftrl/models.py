@@ -117,22 +117,16 @@ def resolve_dtype(name: str) -> torch.dtype | str:
         raise ModelError(f"model.dtype: expected one of auto, {', '.join(DTYPES)}; got {name!r}") from None
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def check_checkpoint_dir(path: str | os.PathLike, key: str = "model.path") -> Path:
-    """Fail with a message naming ``key`` unless ``path`` is a Hugging Face checkpoint directory."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{key}: {p} does not exist; point it at a local Hugging Face checkpoint directory")
-    if not p.is_dir():
-        raise ModelError(f"{key}: {p} is not a directory; expected a Hugging Face checkpoint directory")
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{key}: {p} has no config.json; expected a Hugging Face checkpoint directory")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
-        raise ModelError(f"{key}: {p} holds no weights (*.safetensors)")
-    return p
+    """Fail with a message naming ``key`` unless ``path`` is a Hugging Face checkpoint directory
+    the workflow can load (:func:`sftrl.checkpoints.checkpoint_dir_problems`: the same check as
+    ``model.path``'s when the DAG is built)."""
+    from sftrl.checkpoints import checkpoint_dir_problems
+
+    problems = checkpoint_dir_problems(Path(path), f"{key}: {str(path)[:200]}")
+    if problems:
+        raise ModelError(problems[0])
+    return Path(path)
 
 
 def load_tokenizer(path: str | os.PathLike):

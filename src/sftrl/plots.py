@@ -57,9 +57,18 @@ def _accuracy_long(df: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
     parts = []
     for split, label in SPLIT_LABELS.items():
         cols = {f"{prefix}{split}_{c}": c for c in ("accuracy", "ci_low", "ci_high")}
-        parts.append(df.rename(cols).with_columns(pl.lit(label).alias("split")).drop(
-            [c for sp in SPLIT_LABELS if sp != split for c in (f"{prefix}{sp}_accuracy", f"{prefix}{sp}_ci_low", f"{prefix}{sp}_ci_high")]
-        ))
+        parts.append(
+            df.rename(cols)
+            .with_columns(pl.lit(label).alias("split"))
+            .drop(
+                [
+                    c
+                    for sp in SPLIT_LABELS
+                    if sp != split
+                    for c in (f"{prefix}{sp}_accuracy", f"{prefix}{sp}_ci_low", f"{prefix}{sp}_ci_high")
+                ]
+            )
+        )
     return _pct(pl.concat(parts, how="diagonal_relaxed"), ["accuracy", "ci_low", "ci_high"])
 
 
@@ -88,12 +97,22 @@ def _acc_tooltip(*extra: alt.Tooltip) -> list:
 def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> alt.LayerChart:
     """ID and OOD accuracy vs SFT step (base = step 0) with 95% intervals; PPO results (from the
     rl-recovery table) as separate triangle marks at the SFT step they started from."""
-    _require(trajectory, ["model", "step", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"], "sft_trajectory")
-    sft = _accuracy_long(trajectory.select("model", "step", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]))
+    _require(
+        trajectory,
+        ["model", "step", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"],
+        "sft_trajectory",
+    )
+    sft = _accuracy_long(
+        trajectory.select(
+            "model", "step", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]
+        )
+    )
     sft = sft.with_columns(pl.lit("SFT checkpoint").alias("stage"))
     frames = [sft]
     if rl is not None and not rl.is_empty():
-        _require(rl, ["step", "rl_id_accuracy", "rl_ood_accuracy", "rl_id_ci_low", "rl_ood_ci_high"], "sft_trajectory (rl)")
+        _require(
+            rl, ["step", "rl_id_accuracy", "rl_ood_accuracy", "rl_id_ci_low", "rl_ood_ci_high"], "sft_trajectory (rl)"
+        )
         ppo = rl.select("step", *[f"rl_{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")])
         names = rl.select("step", pl.col("rl_model") if "rl_model" in rl.columns else pl.format("ppo-{}", "step"))
         ppo = _accuracy_long(ppo, prefix="rl_").join(names.rename({names.columns[1]: "model"}), on="step", how="left")
@@ -102,7 +121,11 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
     long = pl.concat(frames).sort("stage", "split", "step", descending=[True, False, False])
     x = alt.X("step:Q", title="SFT step (0 = base model)")
     color = alt.Color("split:N", title="split", scale=SPLIT_COLORS)
-    shape = alt.Shape("stage:N", title="model", scale=alt.Scale(domain=["SFT checkpoint", "RL from this step"], range=["circle", "triangle-up"]))
+    shape = alt.Shape(
+        "stage:N",
+        title="model",
+        scale=alt.Scale(domain=["SFT checkpoint", "RL from this step"], range=["circle", "triangle-up"]),
+    )
     tooltip = _acc_tooltip(alt.Tooltip("model:N"), alt.Tooltip("step:Q"))
     base = alt.Chart().encode(x=x, color=color)
     is_sft = alt.datum.stage == "SFT checkpoint"
@@ -122,7 +145,16 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
 def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
     """OOD accuracy after PPO vs the SFT checkpoint it started from (the recovery window), beside
     the OOD accuracy of that checkpoint, with the SFT peak OOD as a dashed horizontal rule."""
-    _require(rl, ["step", "peak_sft_ood", "recovery_pct", *[f"{k}_ood_{c}" for k in ("sft", "rl") for c in ("accuracy", "ci_low", "ci_high")]], "rl_recovery")
+    _require(
+        rl,
+        [
+            "step",
+            "peak_sft_ood",
+            "recovery_pct",
+            *[f"{k}_ood_{c}" for k in ("sft", "rl") for c in ("accuracy", "ci_low", "ci_high")],
+        ],
+        "rl_recovery",
+    )
     parts = []
     for kind, label in (("sft", "SFT checkpoint"), ("rl", "after PPO")):
         part = rl.select(
@@ -137,12 +169,20 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
     peak = 100 * rl["peak_sft_ood"].max()
     long = long.with_columns(pl.lit(peak).alias("peak"))
     x = alt.X("step:Q", title="SFT checkpoint PPO started from (step)")
-    color = alt.Color("series:N", title="OOD accuracy of", scale=alt.Scale(domain=["SFT checkpoint", "after PPO"], range=["#2ca02c", "#ff7f0e"]))
+    color = alt.Color(
+        "series:N",
+        title="OOD accuracy of",
+        scale=alt.Scale(domain=["SFT checkpoint", "after PPO"], range=["#2ca02c", "#ff7f0e"]),
+    )
     base = alt.Chart().encode(x=x, color=color)
-    tooltip = _acc_tooltip(alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("recovery_pct:Q", title="recovery %", format=".1f"))
+    tooltip = _acc_tooltip(
+        alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("recovery_pct:Q", title="recovery %", format=".1f")
+    )
     rule = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(y=alt.Y("mean(peak):Q"))
-    label = alt.Chart().mark_text(align="left", dx=4, dy=-6, fontSize=11).encode(
-        x=alt.value(0), y=alt.Y("mean(peak):Q"), text=alt.value(f"SFT peak OOD {peak:.1f}%")
+    label = (
+        alt.Chart()
+        .mark_text(align="left", dx=4, dy=-6, fontSize=11)
+        .encode(x=alt.value(0), y=alt.Y("mean(peak):Q"), text=alt.value(f"SFT peak OOD {peak:.1f}%"))
     )
     layers = [
         base.mark_line().encode(y=_y_acc("OOD accuracy (%)")),
@@ -161,19 +201,35 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
 
 def stages(stage_table: pl.DataFrame) -> alt.LayerChart:
     """Premax / Moderate / RL × ID / OOD accuracy as grouped bars with 95% intervals."""
-    _require(stage_table, ["stage", "model", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"], "stages")
-    long = _accuracy_long(stage_table.select("stage", "model", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]))
+    _require(
+        stage_table,
+        ["stage", "model", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"],
+        "stages",
+    )
+    long = _accuracy_long(
+        stage_table.select(
+            "stage", "model", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]
+        )
+    )
     order = {s: i for i, s in enumerate(stage_table["stage"].to_list())}
-    long = long.with_columns(pl.col("stage").replace_strict(order, return_dtype=pl.Int64).alias("_o")).sort("split", "_o").drop("_o")
+    long = (
+        long.with_columns(pl.col("stage").replace_strict(order, return_dtype=pl.Int64).alias("_o"))
+        .sort("split", "_o")
+        .drop("_o")
+    )
     long = long.with_columns(pl.format("{} ({})", pl.col("stage"), pl.col("model")).alias("label"))
     labels = [f"{s} ({m})" for s, m in zip(stage_table["stage"], stage_table["model"], strict=True)]
     x = alt.X("label:N", title=None, sort=labels, axis=alt.Axis(labelAngle=0))
-    base = alt.Chart().encode(x=x, xOffset=alt.XOffset("split:N", sort=["ID", "OOD"]), color=alt.Color("split:N", scale=SPLIT_COLORS))
+    base = alt.Chart().encode(
+        x=x, xOffset=alt.XOffset("split:N", sort=["ID", "OOD"]), color=alt.Color("split:N", scale=SPLIT_COLORS)
+    )
     layers = [
         base.mark_bar().encode(y=_y_acc(), tooltip=_acc_tooltip(alt.Tooltip("stage:N"), alt.Tooltip("model:N"))),
         base.mark_errorbar(thickness=2).encode(**_y_ci(), color=alt.value("black")),
     ]
-    return alt.layer(*layers, data=_values(long)).properties(title="Stage table: Premax, Moderate, RL", width=WIDTH, height=HEIGHT)
+    return alt.layer(*layers, data=_values(long)).properties(
+        title="Stage table: Premax, Moderate, RL", width=WIDTH, height=HEIGHT
+    )
 
 
 # --- c/d. spectra by singular index -----------------------------------------------------------
@@ -195,7 +251,9 @@ def _band_layer() -> alt.Chart:
 
 
 def _facet_types(chart: alt.LayerChart, df: pl.DataFrame, title) -> alt.FacetChart:
-    types = [t for t in MATRIX_TYPES if t in set(df["type"].to_list())] + sorted(set(df["type"].to_list()) - set(MATRIX_TYPES))
+    types = [t for t in MATRIX_TYPES if t in set(df["type"].to_list())] + sorted(
+        set(df["type"].to_list()) - set(MATRIX_TYPES)
+    )
     return (
         chart.properties(width=FACET_WIDTH, height=FACET_HEIGHT)
         .facet(facet=alt.Facet("type:N", title="matrix type", sort=types), columns=4)
@@ -226,13 +284,18 @@ def sigma_change(profile: pl.DataFrame) -> alt.FacetChart:
             y=alt.Y("abs_rel_dsigma:Q", title="mean |Δσ|/σ", scale=alt.Scale(type="log")),
             color=_pair_color(df),
             tooltip=[
-                alt.Tooltip("pair:N"), alt.Tooltip("type:N"), alt.Tooltip("index_start:Q", title="index"),
-                alt.Tooltip("band:N"), alt.Tooltip("abs_rel_dsigma:Q", title="|Δσ|/σ", format=".2e"),
+                alt.Tooltip("pair:N"),
+                alt.Tooltip("type:N"),
+                alt.Tooltip("index_start:Q", title="index"),
+                alt.Tooltip("band:N"),
+                alt.Tooltip("abs_rel_dsigma:Q", title="|Δσ|/σ", format=".2e"),
             ],
         )
     )
     chart = alt.layer(_band_layer(), line, data=_values(df))
-    title = alt.Title("Relative singular-value change by index (mean over layers)", subtitle="index 0 = largest σ; log scale")
+    title = alt.Title(
+        "Relative singular-value change by index (mean over layers)", subtitle="index 0 = largest σ; log scale"
+    )
     return _facet_types(chart, df, title)
 
 
@@ -245,9 +308,11 @@ def principal_angles(profile: pl.DataFrame, summary: pl.DataFrame | None = None)
     idx = profile.select(*PROFILE_COLUMNS, "angle_u", "angle_v")
     rows = []
     for col, sub in (("angle_u", "U"), ("angle_v", "V")):
-        rows.append(idx.rename({col: "angle"}).drop("angle_v" if col == "angle_u" else "angle_u").with_columns(
-            pl.lit(sub).alias("subspace"), pl.lit("index").alias("row")
-        ))
+        rows.append(
+            idx.rename({col: "angle"})
+            .drop("angle_v" if col == "angle_u" else "angle_u")
+            .with_columns(pl.lit(sub).alias("subspace"), pl.lit("index").alias("row"))
+        )
     df = pl.concat(rows)
     if summary is not None:
         _require(summary, ["a", "b", "type", "band", "mean_angle_u", "mean_angle_v"], "principal_angles (summary)")
@@ -256,23 +321,35 @@ def principal_angles(profile: pl.DataFrame, summary: pl.DataFrame | None = None)
             extent, on=["pair", "type", "band"], how="inner"
         )
         for col, sub in (("mean_angle_u", "U"), ("mean_angle_v", "V")):
-            rows.append(bands.select("pair", "type", "band", "rel_start", "rel_stop", pl.col(col).alias("angle")).with_columns(
-                pl.lit(sub).alias("subspace"), pl.lit("band").alias("row")
-            ))
+            rows.append(
+                bands.select("pair", "type", "band", "rel_start", "rel_stop", pl.col(col).alias("angle")).with_columns(
+                    pl.lit(sub).alias("subspace"), pl.lit("band").alias("row")
+                )
+            )
         df = pl.concat(rows, how="diagonal_relaxed")
     df = df.sort("row", "pair", "type", "subspace", "rel_start", descending=[True, False, False, False, False])
     x = alt.X("rel_index:Q", title="index / n", scale=alt.Scale(domain=[0, 1]))
-    dash = alt.StrokeDash("subspace:N", title="singular vectors", scale=alt.Scale(domain=["U", "V"], range=[[1, 0], [4, 3]]))
+    dash = alt.StrokeDash(
+        "subspace:N", title="singular vectors", scale=alt.Scale(domain=["U", "V"], range=[[1, 0], [4, 3]])
+    )
     color = _pair_color(df)
     curve = (
         alt.Chart()
         .transform_filter("datum.row == 'index' && isValid(datum.angle)")
         .mark_line(strokeWidth=1.2)
         .encode(
-            x=x, y=alt.Y("angle:Q", title="principal angle (°)"), color=color, strokeDash=dash,
+            x=x,
+            y=alt.Y("angle:Q", title="principal angle (°)"),
+            color=color,
+            strokeDash=dash,
             detail="subspace:N",
-            tooltip=[alt.Tooltip("pair:N"), alt.Tooltip("type:N"), alt.Tooltip("subspace:N"),
-                     alt.Tooltip("index_start:Q", title="angle index"), alt.Tooltip("angle:Q", title="angle °", format=".2f")],
+            tooltip=[
+                alt.Tooltip("pair:N"),
+                alt.Tooltip("type:N"),
+                alt.Tooltip("subspace:N"),
+                alt.Tooltip("index_start:Q", title="angle index"),
+                alt.Tooltip("angle:Q", title="angle °", format=".2f"),
+            ],
         )
     )
     layers = [_band_layer(), curve]
@@ -282,15 +359,26 @@ def principal_angles(profile: pl.DataFrame, summary: pl.DataFrame | None = None)
             .transform_filter(alt.datum.row == "band")
             .mark_rule(strokeWidth=2.5)
             .encode(
-                x=alt.X("rel_start:Q"), x2="rel_stop:Q", y=alt.Y("angle:Q"), color=color, strokeDash=dash,
-                tooltip=[alt.Tooltip("pair:N"), alt.Tooltip("type:N"), alt.Tooltip("band:N"), alt.Tooltip("subspace:N"),
-                         alt.Tooltip("angle:Q", title="band mean angle °", format=".2f")],
+                x=alt.X("rel_start:Q"),
+                x2="rel_stop:Q",
+                y=alt.Y("angle:Q"),
+                color=color,
+                strokeDash=dash,
+                tooltip=[
+                    alt.Tooltip("pair:N"),
+                    alt.Tooltip("type:N"),
+                    alt.Tooltip("band:N"),
+                    alt.Tooltip("subspace:N"),
+                    alt.Tooltip("angle:Q", title="band mean angle °", format=".2f"),
+                ],
             )
         )
     chart = alt.layer(*layers, data=_values(df))
     title = alt.Title(
         "Principal angles by index (mean over layers)",
-        subtitle="lines: the top-k subspaces' angles, ascending; bars: mean angle between each band's singular subspaces",
+        subtitle=(
+            "lines: the top-k subspaces' angles, ascending; bars: mean angle between each band's singular subspaces"
+        ),
     )
     return _facet_types(chart, df, title)
 
@@ -301,15 +389,17 @@ def principal_angles(profile: pl.DataFrame, summary: pl.DataFrame | None = None)
 def _edit_long(df: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
     parts = []
     for split, label in SPLIT_LABELS.items():
-        parts.append(df.select(
-            *keep,
-            pl.col(f"{split}_accuracy").alias("accuracy"),
-            pl.col(f"{split}_ci_low").alias("ci_low"),
-            pl.col(f"{split}_ci_high").alias("ci_high"),
-            pl.col(f"donor_{split}").alias("donor"),
-            pl.col(f"target_{split}").alias("target"),
-            pl.col(f"recovery_{split}_pct").alias("recovery_pct"),
-        ).with_columns(pl.lit(label).alias("split")))
+        parts.append(
+            df.select(
+                *keep,
+                pl.col(f"{split}_accuracy").alias("accuracy"),
+                pl.col(f"{split}_ci_low").alias("ci_low"),
+                pl.col(f"{split}_ci_high").alias("ci_high"),
+                pl.col(f"donor_{split}").alias("donor"),
+                pl.col(f"target_{split}").alias("target"),
+                pl.col(f"recovery_{split}_pct").alias("recovery_pct"),
+            ).with_columns(pl.lit(label).alias("split"))
+        )
     return _pct(pl.concat(parts), ["accuracy", "ci_low", "ci_high", "donor", "target"])
 
 
@@ -317,9 +407,14 @@ def _reference_rules() -> list[alt.Chart]:
     """Dashed donor and dotted target accuracy, per split panel."""
     out = []
     for field, dash, color in (("donor", [6, 4], "#2ca02c"), ("target", [2, 3], "#7f7f7f")):
-        out.append(alt.Chart().mark_rule(strokeDash=dash, color=color).encode(
-            y=alt.Y(f"mean({field}):Q"), tooltip=[alt.Tooltip(f"mean({field}):Q", title=f"{field} accuracy %", format=".1f")]
-        ))
+        out.append(
+            alt.Chart()
+            .mark_rule(strokeDash=dash, color=color)
+            .encode(
+                y=alt.Y(f"mean({field}):Q"),
+                tooltip=[alt.Tooltip(f"mean({field}):Q", title=f"{field} accuracy %", format=".1f")],
+            )
+        )
     return out
 
 
@@ -334,7 +429,9 @@ def _split_panels(layers: list, long: pl.DataFrame, title: str) -> alt.FacetChar
 
 
 def _edit_tooltip(*extra) -> list:
-    return _acc_tooltip(*extra, alt.Tooltip("name:N", title="model")) + [alt.Tooltip("recovery_pct:Q", title="recovery %", format=".1f")]
+    return _acc_tooltip(*extra, alt.Tooltip("name:N", title="model")) + [
+        alt.Tooltip("recovery_pct:Q", title="recovery %", format=".1f")
+    ]
 
 
 def uv_merge(uv: pl.DataFrame) -> alt.FacetChart:
@@ -347,15 +444,24 @@ def uv_merge(uv: pl.DataFrame) -> alt.FacetChart:
     if fwd.is_empty():
         raise ValueError("uv_merge: no spectral edits of the donor into the target (only reverse-experiment rows)")
     series = (
-        pl.when(pl.col("method") != "uv-merge").then(pl.col("method"))
-        .when((pl.col("top") > 0) & (pl.col("bottom") > 0)).then(pl.lit("uv-merge top+bottom"))
-        .when(pl.col("bottom") > 0).then(pl.lit("uv-merge bottom"))
+        pl.when(pl.col("method") != "uv-merge")
+        .then(pl.col("method"))
+        .when((pl.col("top") > 0) & (pl.col("bottom") > 0))
+        .then(pl.lit("uv-merge top+bottom"))
+        .when(pl.col("bottom") > 0)
+        .then(pl.lit("uv-merge bottom"))
         .otherwise(pl.lit("uv-merge top"))
     )
     fwd = fwd.with_columns(series.alias("edit"), (pl.col("top") + pl.col("bottom")).alias("fraction"))
     long = _edit_long(fwd, ["name", "edit", "fraction", "top", "bottom"]).sort("split", "edit", "fraction", "name")
-    edits = [e for e in ("uv-merge top", "uv-merge bottom", "uv-merge top+bottom", "sigma-swap", "triplet-swap") if e in set(long["edit"])]
-    x = alt.X("fraction:Q", title="fraction of singular directions restored (top + bottom)", scale=alt.Scale(domain=[0, 1]))
+    edits = [
+        e
+        for e in ("uv-merge top", "uv-merge bottom", "uv-merge top+bottom", "sigma-swap", "triplet-swap")
+        if e in set(long["edit"])
+    ]
+    x = alt.X(
+        "fraction:Q", title="fraction of singular directions restored (top + bottom)", scale=alt.Scale(domain=[0, 1])
+    )
     color = alt.Color("edit:N", title="edit", sort=edits, scale=alt.Scale(domain=edits, scheme="category10"))
     base = alt.Chart().encode(x=x, color=color)
     layers = [
@@ -384,9 +490,7 @@ def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
     x = alt.X("group:N", title="layers reset to the donor", sort=order, axis=alt.Axis(labelAngle=-30))
     base = alt.Chart().encode(x=x)
     chart_layers = [
-        base.mark_bar(color="#9467bd", opacity=0.85).encode(
-            y=_y_acc(), tooltip=_edit_tooltip(alt.Tooltip("group:N"))
-        ),
+        base.mark_bar(color="#9467bd", opacity=0.85).encode(y=_y_acc(), tooltip=_edit_tooltip(alt.Tooltip("group:N"))),
         base.mark_errorbar(thickness=2, color="black").encode(**_y_ci()),
         *_reference_rules(),
     ]
@@ -397,8 +501,13 @@ def layer_reset(layers: pl.DataFrame) -> alt.FacetChart:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-def save_chart(chart: alt.TopLevelMixin, html: str | os.PathLike | None = None, png: str | os.PathLike | None = None,
-               svg: str | os.PathLike | None = None, scale: float = 2.0) -> None:
+def save_chart(
+    chart: alt.TopLevelMixin,
+    html: str | os.PathLike | None = None,
+    png: str | os.PathLike | None = None,
+    svg: str | os.PathLike | None = None,
+    scale: float = 2.0,
+) -> None:
     """Write the chart as standalone offline HTML (JavaScript inlined), PNG (``scale`` × pixels)
     and SVG, each atomically (temporary file, then rename). Rendering uses vl-convert."""
     import vl_convert as vlc

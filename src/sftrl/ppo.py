@@ -1,4 +1,4 @@
-"""PPO on the 24-point game, as the study ran it (PAPER.md §2.5, §4).
+"""PPO on the 24-point game, as the study ran it (docs/study.md §3, §6).
 
 TRL 1.16 has no PPOTrainer, so this module is the whole algorithm, read top to bottom like
 cleanrl's ``ppo.py``: the config, the pure functions (GAE, whitening, losses, KL estimators), the
@@ -30,7 +30,7 @@ Differences from the study's code (documented, deliberate)
   bootstrapping the value at the buffer's end; whole episodes make the value after the last real
   step exactly 0.
 * An episode ends after ``turns`` scored attempts. The study's env scored a sixth, discarded
-  generation -1 before truncating (PAPER.md §2.5); that step is not played here.
+  generation -1 before truncating (docs/study.md §3); that step is not played here.
 * Minibatches are cut from a shuffled buffer and the last one is filled up from the start of the
   shuffled order, so every optimiser step sees ``minibatch_size`` actions (DeepSpeed needs a fixed
   number of micro-batches per step). The study's mini-batch 1 x 128 accumulation steps is
@@ -106,7 +106,7 @@ __all__ = [
 
 @dataclass
 class PPOConfig:
-    """Every PPO setting, with the study's value (PAPER.md §4) as the default.
+    """Every PPO setting, with the study's value (docs/study.md §6) as the default.
 
     The tiny default study overrides some of them in ``config.yaml`` (``rl:``).
     """
@@ -211,7 +211,9 @@ class PPOConfig:
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(
             self.target_kl is None
-            or (isinstance(self.target_kl, (int, float)) and not isinstance(self.target_kl, bool) and self.target_kl > 0),
+            or (
+                isinstance(self.target_kl, (int, float)) and not isinstance(self.target_kl, bool) and self.target_kl > 0
+            ),
             f"target_kl must be a number > 0 or null (no early stop), got {self.target_kl!r}",
         )
         need(
@@ -557,14 +559,6 @@ def _update_hands(hands: pl.DataFrame, order: list[int], update: int, cfg: PPOCo
     return hands[[order[(start + j) % n] for j in range(per)]]
 
 
-def _truncate_metrics(path: Path, last_update: int) -> None:
-    """Keep the rows of updates <= ``last_update`` (an interrupted run may have logged past its state)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["update"] <= last_update]
-    path.write_text("".join(row + "\n" for row in rows))
-
-
 def train_ppo(
     model_dir: str | os.PathLike,
     rl_hands: pl.DataFrame,
@@ -596,7 +590,7 @@ def train_ppo(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from sftrl.logs import MetricsReporter
+    from sftrl.logs import MetricsReporter, truncate_metrics
     from sftrl.models import load_model, load_tokenizer, save_model
 
     missing = {"hand_id", "cards", "numbers", "heldout", "prompt"} - set(rl_hands.columns)
@@ -643,7 +637,7 @@ def train_ppo(
         if state_dir is not None and (state_dir / "metrics.jsonl").is_file():
             # the rows up to the state (the metrics file is an output: a rerun may have removed it)
             shutil.copyfile(state_dir / "metrics.jsonl", metrics_path)
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
     reporter = MetricsReporter(report_to if accelerator.is_main_process else "none", logging_dir, Path(out_dir).name)
 
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
@@ -686,7 +680,7 @@ def train_ppo(
         lengths = torch.tensor([len(c) + len(r) for c, r in ro.pairs])
         lr = scheduler.get_last_lr()[0]
         losses = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
-        for epochs in range(1, cfg.ppo_epochs + 1):  # after the loop: the epochs run
+        for epochs in range(1, cfg.ppo_epochs + 1):  # noqa: B007 (after the loop: the epochs run)
             epoch_start = len(losses["approx_kl"])
             perm = length_bucketed_order(lengths, n_minibatches, cfg.minibatch_size)
             for first in range(0, n_minibatches * cfg.minibatch_size, cfg.micro_batch_size):
@@ -705,7 +699,7 @@ def train_ppo(
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                for name, value in zip(losses, (pg_loss, v_loss, clipfrac, approx_kl)):
+                for name, value in zip(losses, (pg_loss, v_loss, clipfrac, approx_kl), strict=True):
                     losses[name].append(float(value.detach()))
             if cfg.target_kl is not None:
                 epoch_kl = losses["approx_kl"][epoch_start:]
@@ -723,7 +717,7 @@ def train_ppo(
             "entropy": entropy.sum(), "tokens": sum(len(r) for _, r in ro.pairs),
             **{name: sum(values) / len(values) / world for name, values in losses.items()},
         }  # fmt: skip
-        total = dict(zip(local, _sum_over_processes(accelerator, list(local.values()))))
+        total = dict(zip(local, _sum_over_processes(accelerator, list(local.values())), strict=True))
         n = total["actions"]
         var_ret = total["ret2"] / n - (total["ret"] / n) ** 2
         var_res = total["res2"] / n - (total["res"] / n) ** 2

@@ -45,7 +45,9 @@ def install_profile(dest: str | os.PathLike | None = None, force: bool = False) 
         return f"{dest}: already installed (the same as {source})"
     others = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
     if others and not force:
-        raise ValueError(f"--dest {dest}: holds another profile ({', '.join(others[:5])}); keep it, or replace it with --force")
+        raise ValueError(
+            f"--dest {dest}: holds another profile ({', '.join(others[:5])}); keep it, or replace it with --force"
+        )
     with atomic_path(target) as tmp:
         tmp.write_text(text)
     for name in others:  # --force: the old profile's other files go, so only this one is read

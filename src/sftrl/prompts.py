@@ -2,8 +2,8 @@
 
 Two templates:
 
-* ``paper``: the study's exact text (``Q_GeneralPoint_EQN_L``, PAPER.md §2.2), its JSON-ish
-  answer (§2.3) and its feedback turn ``"You failed this trial because {message}"`` (§2.5).
+* ``paper``: the study's exact text (``Q_GeneralPoint_EQN_L``, docs/study.md §3), its JSON-ish
+  answer (docs/study.md §3) and its feedback turn ``"You failed this trial because {message}"`` (docs/study.md §3).
   ``chat=True``: the caller renders it through a tokenizer's chat template.
 * ``compact``: the tiny model's short plain-text form, ``"J Q 7 9|11 12 13|"`` followed by the
   formula. Its feedback turn renders the same verdict as the paper's sentence, in symbols:
@@ -47,7 +47,9 @@ COMPACT_FAULTS = {"illegal": "x", "wrong_numbers": "n", "no_solution": "v", "par
 # (data.pretrain_wrapped), a format error that SFT unlearns first, like the study's instruct
 # models whose answers miss the JSON format before SFT.
 COMPACT_WRAP = ("[", "]")
-COMPACT_ALPHABET = "0123456789AJQK |+-*/()" + COMPACT_FEEDBACK + "".join(COMPACT_FAULTS.values()) + "".join(COMPACT_WRAP)
+COMPACT_ALPHABET = (
+    "0123456789AJQK |+-*/()" + COMPACT_FEEDBACK + "".join(COMPACT_FAULTS.values()) + "".join(COMPACT_WRAP)
+)
 
 # The study's template, quirks kept: leading and trailing newline, and face_card_msg (which ends
 # in a period) is followed by ", and each card ..." and by "," in the output schema.
@@ -93,13 +95,13 @@ def face_card_msg(rule: str | Sequence[int]) -> str:
 
 
 def paper_prompt(cards: Sequence[str], rule: str | Sequence[int]) -> str:
-    """The study's user turn for a hand (PAPER.md §2.2), character for character."""
+    """The study's user turn for a hand (docs/study.md §3), character for character."""
     cards = _check_cards(cards)
     return _PAPER_TEMPLATE.format(face_card_msg=face_card_msg(rule), cards=repr(cards))
 
 
 def paper_response(cards: Sequence[str], rule: str | Sequence[int], formula: str) -> str:
-    """The study's SFT target (PAPER.md §2.3).
+    """The study's SFT target (docs/study.md §3).
 
     ``number`` holds the rule-mapped values as strings; the formula is written as a JSON string
     (identical to the study's for solver formulas, escaped if it ever contains quotes).
@@ -266,6 +268,4 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown prompt template {name!r}: expected one of {sorted(TEMPLATES)}"
-        ) from None
+        raise ValueError(f"unknown prompt template {name!r}: expected one of {sorted(TEMPLATES)}") from None

@@ -125,9 +125,7 @@ def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int, key: st
 def check_chat_lengths(tokenizer, prompts, completions, max_length: int, key: str = "sft.max_length") -> int:
     """The longest example, in tokens, as the chat template renders prompt + answer; ValueError
     naming ``key`` if any is longer than ``max_length``."""
-    texts = [
-        tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions, strict=True)
-    ]
+    texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions, strict=True)]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     longest = max(lengths, default=0)
     if longest > max_length:
@@ -147,7 +145,8 @@ def tokenize_completions(
     tokenizer's BOS), in one batched call; ``key`` names the length limit in errors."""
     prompts = data["prompt"].to_list()
     prompt_ids = tokenizer(prompts)["input_ids"]
-    full_ids = tokenizer([p + c + tokenizer.eos_token for p, c in zip(prompts, data["completion"])])["input_ids"]
+    texts = [p + c + tokenizer.eos_token for p, c in zip(prompts, data["completion"], strict=True)]
+    full_ids = tokenizer(texts)["input_ids"]
     out = []
     for p, f in zip(prompt_ids, full_ids, strict=True):
         if f[: len(p)] != p:
@@ -165,9 +164,7 @@ def _newest_checkpoint(work_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _sft_config(
-    hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str | None = None, report_to: str = "none"
-):
+def _sft_config(hp: TrainSettings, work_dir: Path, stop_at: int, deepspeed: str | None = None, report_to: str = "none"):
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()

@@ -1,4 +1,4 @@
-"""Spectral diagnostics of weight matrices (PAPER.md §6): which matrices, their SVDs, and how two
+"""Spectral diagnostics of weight matrices (docs/study.md §7): which matrices, their SVDs, and how two
 checkpoints differ in singular values and singular directions.
 
 Everything streams: one matrix of each model is in memory at a time, decomposed in fp32 with
@@ -7,7 +7,7 @@ Everything streams: one matrix of each model is in memory at a time, decomposed 
 Files
 - `svd_checkpoint` writes `svd/<model>.safetensors`: `<name>.S` (singular values, descending) for
   every analysed matrix and, with `factors=True`, `<name>.U` (rows × n) and `<name>.Vh` (n × cols),
-  n = min(rows, cols), all fp32. Metadata: `source` (checkpoint directory), `types`, `factors`.
+  n = min(rows, cols), all fp32. Metadata: `types`, `factors`.
 - `write_spectrum(summary, per_index, "spectrum/<a>--<b>.parquet")` writes the summary table there
   and the per-index table beside it as `spectrum/<a>--<b>.index.parquet` (`index_path`).
 """
@@ -28,7 +28,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from sftrl.atomic import write_parquet
-from sftrl.checkpoints import Checkpoint, CheckpointError, SafetensorsWriter, aligned, natural_key
+from sftrl.checkpoints import Checkpoint, CheckpointError, SafetensorsWriter, aligned, natural_key, resolve_device
 from sftrl.constants import BANDS, MATRIX_TYPES
 
 # Language-model decoder layers only: `model.layers.N.` (Llama, Qwen), `language_model.model.layers.N.`
@@ -104,13 +104,6 @@ def select_matrices(
 # Decompositions
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`None` → the GPU when there is one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def svd_fp32(w: torch.Tensor, device: str | torch.device | None = None):
     """`U, S, Vh = torch.linalg.svd(w, full_matrices=False)` in fp32 on `device` (None: w's device)."""
     return torch.linalg.svd(w.to(device or w.device, torch.float32), full_matrices=False)
@@ -130,7 +123,6 @@ class SvdFile:
         self.names = sorted((k[: -len(".S")] for k in self._shapes if k.endswith(".S")), key=natural_key)
         if not self.names:
             raise CheckpointError(f"{self.path}: not an SVD file (no '<name>.S' tensors)")
-        self.source = Path(self.metadata["source"]) if "source" in self.metadata else None
 
     def has_factors(self, name: str) -> bool:
         return f"{name}.U" in self._shapes and f"{name}.Vh" in self._shapes
@@ -167,7 +159,6 @@ def svd_checkpoint(
     if not selected:
         raise CheckpointError(f"{ckpt.path}: no matrices of types {types}")
     metadata = {
-        "source": str(ckpt.path.resolve()),
         "types": format_types(types),
         "factors": str(bool(factors)).lower(),
     }
@@ -189,7 +180,7 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor, k: int | None = None) -> 
     """Principal angles, in degrees and ascending, between the column spaces of `a` and `b`.
 
     Both must have orthonormal columns (e.g. `U` or `Vh.T` of an SVD); with `k`, only their first
-    k columns are used. θ = arccos(clamp(svdvals(aᵀb), −1, 1)) as in §6, computed in the inputs'
+    k columns are used. θ = arccos(clamp(svdvals(aᵀb), −1, 1)) as in docs/study.md §7, computed in the inputs'
     precision (at least fp32). Through arccos, fp32 SVD factors cannot resolve angles below a few
     hundredths of a degree: identical 1024×1024 matrices read 0.02° on average, 0.06° at most.
     Returns min(cols(a), cols(b)) angles, on the inputs' device.
@@ -253,7 +244,7 @@ def _band_mean_angle(qa: torch.Tensor, qb: torch.Tensor, start: int, stop: int) 
 
 @dataclass
 class MatrixDiagnostics:
-    """§6's diagnostics for one matrix, reference a → compared b (tensors on the CPU)."""
+    """docs/study.md §7's diagnostics for one matrix, reference a → compared b (tensors on the CPU)."""
 
     rows: int
     cols: int
@@ -291,7 +282,7 @@ def matrix_diagnostics(
     svd_b=None,
     device: str | torch.device | None = None,
 ) -> MatrixDiagnostics:
-    """Compare one matrix of two models (§6), from the weights and optionally their SVDs.
+    """Compare one matrix of two models (docs/study.md §7), from the weights and optionally their SVDs.
 
     - σ by index, relative change (σ_b − σ_a)/σ_a, and its mean absolute value per band.
     - Principal angles between the top-k left (U) and top-k right (V) singular subspaces
@@ -365,8 +356,7 @@ def matrix_diagnostics(
 
 
 class _Source:
-    """A checkpoint directory, or an SVD file with factors (which then stands in for the weights).
-    An SVD file without factors points to its source checkpoint, which is decomposed again."""
+    """A checkpoint directory, or an SVD file with factors (which then stands in for the weights)."""
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
@@ -375,14 +365,11 @@ class _Source:
             self.ckpt = Checkpoint(path)
         elif path.is_file():
             svd = SvdFile(path)
-            if all(svd.has_factors(name) for name in svd.names):
-                self.svd = svd
-            elif svd.source is not None and svd.source.is_dir():
-                self.ckpt = Checkpoint(svd.source)
-            else:
+            if not all(svd.has_factors(name) for name in svd.names):
                 raise CheckpointError(
-                    f"{path}: SVD file without factors, and its source checkpoint {svd.source} is not there"
+                    f"{path}: an SVD file without factors (singular values only); compare the checkpoint directory"
                 )
+            self.svd = svd
         else:
             raise CheckpointError(f"{path}: neither a checkpoint directory nor an SVD file")
         self.path = path
@@ -511,10 +498,13 @@ def index_path(out: str | os.PathLike) -> Path:
     return out.with_suffix(".index.parquet")
 
 
-def write_spectrum(summary: pl.DataFrame, per_index: pl.DataFrame, out: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the summary to `out` and the per-index table to `index_path(out)`, each atomically;
-    the summary last, so its presence means both are complete."""
+def write_spectrum(
+    summary: pl.DataFrame, per_index: pl.DataFrame, out: str | os.PathLike, index: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """Write the summary to `out` and the per-index table to `index` (default `index_path(out)`),
+    each atomically; the summary last, so its presence means both are complete."""
     out = Path(out)
-    write_parquet(per_index, index_path(out))
+    index = Path(index) if index is not None else index_path(out)
+    write_parquet(per_index, index)
     write_parquet(summary, out)
-    return index_path(out), out
+    return index, out

@@ -208,9 +208,7 @@ def _deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def save_training_state(
-    directory: str | os.PathLike, accelerator, model, optimizer, scheduler, progress: dict
-) -> None:
+def save_training_state(directory: str | os.PathLike, accelerator, model, optimizer, scheduler, progress: dict) -> None:
     """The resumable state of a loop prepared by ``accelerator`` into the existing ``directory``.
 
     Collective: every process calls it. The main process writes the weights (``model``, unwrapped,
@@ -276,5 +274,7 @@ def load_training_state(directory: str | os.PathLike, accelerator, model, optimi
     if (directory / f"{rng}.json").exists():
         set_rng_state(load_tree(directory, rng), str(directory / f"{rng}.json"))
     else:  # saved with fewer processes: the run goes on, its sampling not bit-identical to one run
-        warnings.warn(f"{directory}: no RNG state for process {accelerator.process_index}; continuing with its seed")
+        warnings.warn(
+            f"{directory}: no RNG state for process {accelerator.process_index}; continuing with its seed", stacklevel=2
+        )
     return progress

@@ -34,8 +34,17 @@ BAND = r"top[0-9.]+(?:-bottom[0-9.]+)?"
 LAYERS = r"layers[0-9.]+-[0-9.]+"
 EDIT_PARAM = rf"{BAND}|{LAYERS}"
 # Short method names (in model names) -> the tables' names.
-EDIT_METHODS = {"uvmerge": "uv-merge", "sigmaswap": "sigma-swap", "tripletswap": "triplet-swap", "layerreset": "layer-reset"}
-SPECTRAL_METHODS = {"uv_merge": "uvmerge", "sigma_swap": "sigmaswap", "triplet_swap": "tripletswap"}  # config key -> method
+EDIT_METHODS = {
+    "uvmerge": "uv-merge",
+    "sigmaswap": "sigma-swap",
+    "tripletswap": "triplet-swap",
+    "layerreset": "layer-reset",
+}
+SPECTRAL_METHODS = {
+    "uv_merge": "uvmerge",
+    "sigma_swap": "sigmaswap",
+    "triplet_swap": "tripletswap",
+}  # config key -> method
 EDIT_NAME = re.compile(
     rf"^(?P<method>{'|'.join(EDIT_METHODS)})-(?P<donor>{MODEL})-into-(?P<target>{MODEL})-"
     r"(?:top(?P<top>[0-9.]+)(?:-bottom(?P<bottom>[0-9.]+))?|layers(?P<lo>[0-9.]+)-(?P<hi>[0-9.]+))$"

@@ -9,6 +9,7 @@ from sftrl.study import EDIT_NAME, parse_edit, parse_edit_name
 from sftrl.tables.render import ci
 from sftrl.tables.summaries import interval_schema, intervals, recovery, wide_by_split
 
+
 def edit_tables(summaries: pl.DataFrame, layer_ids: dict | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(spectral edits, layer resets): accuracy of every edited model beside its donor and target,
     and recovery % = (edit − target) / (donor − target) on OOD and on ID.
@@ -47,8 +48,15 @@ def edit_tables(summaries: pl.DataFrame, layer_ids: dict | None = None) -> tuple
             )
         rows.append(row)
     schema = {
-        "name": pl.String, "method": pl.String, "donor": pl.String, "target": pl.String, "top": pl.Float64,
-        "bottom": pl.Float64, "layers": pl.String, "layer_ids": pl.String, "reverse": pl.Boolean,
+        "name": pl.String,
+        "method": pl.String,
+        "donor": pl.String,
+        "target": pl.String,
+        "top": pl.Float64,
+        "bottom": pl.Float64,
+        "layers": pl.String,
+        "layer_ids": pl.String,
+        "reverse": pl.Boolean,
         **interval_schema(),
         **{f"{k}_{sp}": pl.Float64 for sp in ("id", "ood") for k in ("donor", "target")},
         **{f"recovery_{sp}_pct": pl.Float64 for sp in ("id", "ood")},
@@ -65,7 +73,11 @@ def edit_tables(summaries: pl.DataFrame, layer_ids: dict | None = None) -> tuple
     )
     first = pl.col("layers").str.extract(r"^([0-9.]+)-", 1).cast(pl.Float64)
     last = pl.col("layers").str.extract(r"-([0-9.]+)$", 1).cast(pl.Float64)
-    layers = df.filter(pl.col("method") == "layer-reset").sort([first, last, pl.col("name")]).drop("top", "bottom", "reverse")
+    layers = (
+        df.filter(pl.col("method") == "layer-reset")
+        .sort([first, last, pl.col("name")])
+        .drop("top", "bottom", "reverse")
+    )
     return spectral, layers
 
 

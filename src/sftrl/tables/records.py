@@ -34,7 +34,7 @@ def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
         record = pl.read_csv(path, separator="\t", null_values=["NA", "-", ""], infer_schema_length=0)
         last = record.row(-1, named=True)  # one row per run; `benchmark: repeat(...)` adds more
 
-        def number(column):
+        def number(column, last=last):
             value = last.get(column)
             return None if value is None else float(value)
 
@@ -50,5 +50,11 @@ def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
     order = {stage: i for i, stage in enumerate(BENCHMARK_STAGES)}
     natural = lambda text: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]  # noqa: E731
     rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"], natural(r["job"])))
-    schema = {"stage": pl.String, "job": pl.String, "seconds": pl.Float64, "cpu_seconds": pl.Float64, "max_rss_mb": pl.Float64}
+    schema = {
+        "stage": pl.String,
+        "job": pl.String,
+        "seconds": pl.Float64,
+        "cpu_seconds": pl.Float64,
+        "max_rss_mb": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)

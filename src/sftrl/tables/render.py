@@ -81,6 +81,7 @@ def _escape_pipes(text: str) -> str:
     """A literal ``|`` inside a Markdown table cell is written ``\\|`` (e.g. ``mean \\|Δσ\\|/σ``)."""
     return text.replace("|", "\\|")
 
+
 def write_table(
     df: pl.DataFrame, csv: str | os.PathLike, md: str | os.PathLike, markdown_columns: dict, footnote: str | None = None
 ) -> None:
@@ -89,10 +90,12 @@ def write_table(
     write_text(df.write_csv(), csv)
     write_text(to_markdown(df, markdown_columns, footnote), md)
 
+
 def write_csv(df: pl.DataFrame, csv: str | os.PathLike) -> None:
     """A CSV of every column, atomically."""
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     write_text(df.write_csv(), csv)
+
 
 REPORT_TABLE_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1rem; color: #1f2937; }
@@ -114,13 +117,15 @@ def report_page(df: pl.DataFrame, view: View, title: str, caption: str = "", foo
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "\n".join(
         "<tr>"
-        + "".join(f'<td class="num">{html.escape(c)}</td>' if numeric.match(c) else f"<td>{html.escape(c)}</td>" for c in row)
+        + "".join(
+            f'<td class="num">{html.escape(c)}</td>' if numeric.match(c) else f"<td>{html.escape(c)}</td>" for c in row
+        )
         + "</tr>"
         for row in rows
     )
     cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{REPORT_TABLE_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{cap}\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
         + (f'<p class="caption">{html.escape(footnote.strip())}</p>\n' if footnote else "")

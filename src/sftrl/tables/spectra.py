@@ -14,6 +14,7 @@ import polars as pl
 from sftrl.constants import BANDS, MATRIX_TYPES
 from sftrl.study import RL_ALGORITHMS
 
+
 def split_pair(path: str | os.PathLike, suffix: str) -> tuple[str, str]:
     """``spectrum/<a>--<b><suffix>`` → (a, b); a clear error naming the file otherwise."""
     name = Path(path).name
@@ -47,7 +48,11 @@ def spectrum_summary(paths: list[str | os.PathLike]) -> pl.DataFrame:
     frames = []
     named = sorted(((split_pair(path, ".parquet"), path) for path in paths), key=lambda t: pair_sort_key(*t[0]))
     for i, ((a, b), path) in enumerate(named):
-        frames.append(pl.read_parquet(path).with_columns(pl.lit(i).alias("pair_order"), pl.lit(a).alias("a"), pl.lit(b).alias("b")))
+        frames.append(
+            pl.read_parquet(path).with_columns(
+                pl.lit(i).alias("pair_order"), pl.lit(a).alias("a"), pl.lit(b).alias("b")
+            )
+        )
     df = pl.concat(frames, how="diagonal_relaxed")
     type_order = {t: j for j, t in enumerate(MATRIX_TYPES)}
     band_order = {t: j for j, t in enumerate(BANDS)}
@@ -146,6 +151,20 @@ def spectrum_profile(paths: Iterable[str | os.PathLike], max_points: int = 128) 
         pl.col(pl.Float64).fill_nan(None),
     )
     return out.select(
-        "a", "b", "pair", "type", "bin", "index_start", "index_stop", "n", "rel_start", "rel_stop", "rel_index",
-        "band", "matrices", "abs_rel_dsigma", "angle_u", "angle_v",
+        "a",
+        "b",
+        "pair",
+        "type",
+        "bin",
+        "index_start",
+        "index_stop",
+        "n",
+        "rel_start",
+        "rel_stop",
+        "rel_index",
+        "band",
+        "matrices",
+        "abs_rel_dsigma",
+        "angle_u",
+        "angle_v",
     )

@@ -51,7 +51,12 @@ def read_summaries(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
                 "solved_by_turn": by_turn_text(s.get("solved_by_turn")),
             }
         )
-    schema = {"model": pl.String, "split": pl.String, **{k: pl.Float64 for k in SUMMARY_FIELDS}, "solved_by_turn": pl.String}
+    schema = {
+        "model": pl.String,
+        "split": pl.String,
+        **{k: pl.Float64 for k in SUMMARY_FIELDS},
+        "solved_by_turn": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 

@@ -14,6 +14,7 @@ from sftrl.study import model_step
 from sftrl.tables.render import ci
 from sftrl.tables.summaries import interval_schema, intervals, recovery, wide_by_split
 
+
 def sft_trajectory(summaries: pl.DataFrame) -> pl.DataFrame:
     """ID and OOD accuracy (with 95% intervals) of the base (step 0) and every SFT checkpoint."""
     wide = wide_by_split(summaries)
@@ -54,7 +55,9 @@ def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
     SFT checkpoints in ``summaries``."""
     wide = wide_by_split(summaries)
     kind = pl.col("model").str.extract(r"^(sft|ppo|grpo)-\d+$", 1)
-    wide = wide.with_columns(kind.alias("kind"), pl.col("model").str.extract(r"-(\d+)$", 1).cast(pl.Int64).alias("step"))
+    wide = wide.with_columns(
+        kind.alias("kind"), pl.col("model").str.extract(r"-(\d+)$", 1).cast(pl.Int64).alias("step")
+    )
     if wide["kind"].is_null().any():
         bad = wide.filter(pl.col("kind").is_null())["model"].to_list()
         raise ValueError(f"rl_recovery takes sft-<step> and ppo-<step> (or grpo-<step>) summaries; got {bad}")
@@ -75,7 +78,10 @@ def rl_recovery(summaries: pl.DataFrame) -> pl.DataFrame:
     out = rl.join(sft, on="step", how="left").sort("step")
     out = out.with_columns(
         *[(pl.col(f"rl_{sp}_accuracy") - pl.col(f"sft_{sp}_accuracy")).alias(f"delta_{sp}") for sp in ("id", "ood")],
-        *[(pl.col(f"rl_{sp}_first_accuracy") - pl.col(f"sft_{sp}_first_accuracy")).alias(f"delta_{sp}_first") for sp in ("id", "ood")],
+        *[
+            (pl.col(f"rl_{sp}_first_accuracy") - pl.col(f"sft_{sp}_first_accuracy")).alias(f"delta_{sp}_first")
+            for sp in ("id", "ood")
+        ],
     )
     rec = [
         recovery(r, s_, peak["ood_accuracy"], s_hi, peak["ood_ci_low"]) if peak else None
@@ -173,7 +179,11 @@ def rl_sweep(summaries: pl.DataFrame, metrics: dict[str, list[dict]], variants: 
     df = pl.DataFrame(rows, infer_schema_length=None)
     if df.is_empty():
         return df
-    return df.with_columns(pl.col("variant").replace_strict(order, return_dtype=pl.Int64).alias("_v")).sort("_v", "step").drop("_v")
+    return (
+        df.with_columns(pl.col("variant").replace_strict(order, return_dtype=pl.Int64).alias("_v"))
+        .sort("_v", "step")
+        .drop("_v")
+    )
 
 
 RL_SWEEP_MARKDOWN = {
@@ -238,7 +248,9 @@ def stage_table(summaries: pl.DataFrame, premax: str, moderate: str, rl: str) ->
             )
         rows.append(row)
     schema = {
-        "stage": pl.String, "model": pl.String, "description": pl.String,
+        "stage": pl.String,
+        "model": pl.String,
+        "description": pl.String,
         **interval_schema(),
         **{f"recovery_{sp}_pct": pl.Float64 for sp in ("id", "ood")},
     }
