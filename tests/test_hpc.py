@@ -265,7 +265,7 @@ def test_rules_that_train_evaluate_or_decompose_have_benchmarks():
     blocks = {rule: body for rule, (_, body) in rule_blocks().items()}
     blocks["rl_variant"] = (ROOT / "rules" / "rl.smk").read_text().split("use rule rl as rl_variant with:")[1]
     for rule in ("base", "sft", "rl", "rl_variant", "evaluate", "svd", "spectrum", "edit"):
-        assert re.search(r'(?m)^    benchmark:\n\s+R\("benchmarks/\w+/', blocks[rule]), f"rule {rule}: no benchmark:"
+        assert re.search(r'(?m)^    benchmark:\n\s+R\(f?"benchmarks/\w+/', blocks[rule]), f"rule {rule}: no benchmark:"
 
 
 @pytest.mark.slow
