@@ -44,11 +44,11 @@ def test_rl_hparams_carry_the_verifiers_arithmetic_and_a_variants_overrides(cfg)
 @pytest.mark.parametrize(
     "edit",
     [
-        study.Edit("uvmerge", "sft-10", "sft-400", top=0.2, bottom=0.0),
-        study.Edit("sigmaswap", "base", "sft-8", top=0.0, bottom=0.2),
-        study.Edit("tripletswap", "sft-10", "sft-400", top=0.1, bottom=0.1),
-        study.Edit("layerreset", "sft-10", "sft-400", lo=0.25, hi=0.5),
-        study.Edit("uvmerge", "sft-50", "grpo-50", top=1.0, bottom=0.0),
+        study.Edit("uvmerge", "sft-10", "sft-400", band=(0.2, 0.0)),
+        study.Edit("sigmaswap", "base", "sft-8", band=(0.0, 0.2)),
+        study.Edit("tripletswap", "sft-10", "sft-400", band=(0.1, 0.1)),
+        study.Edit("layerreset", "sft-10", "sft-400", layers=(0.25, 0.5)),
+        study.Edit("uvmerge", "sft-50", "grpo-50", band=(1.0, 0.0)),
     ],
 )
 def test_edit_names_round_trip(edit):
@@ -57,7 +57,7 @@ def test_edit_names_round_trip(edit):
 
 
 def test_edit_names_in_the_tables_form():
-    assert study.Edit("uvmerge", "sft-10", "sft-400", top=0.2, bottom=0.0).name == "uvmerge-sft-10-into-sft-400-top0.2"
+    assert study.Edit("uvmerge", "sft-10", "sft-400", band=(0.2, 0.0)).name == "uvmerge-sft-10-into-sft-400-top0.2"
     assert study.parse_edit_name("layerreset-sft-10-into-sft-400-layers0-0.25") == {
         "name": "layerreset-sft-10-into-sft-400-layers0-0.25",
         "method": "layer-reset",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from sftrl.config import (
     validate,
 )
 
-from conftest import PAPER_MODEL_CONFIGS, ROOT, default_config, fake_checkpoint, paper_config
+from conftest import PAPER_MODEL_CONFIGS, ROOT, default_config, fake_checkpoint, paper_config, run_snakemake
 
 STUDY_CONFIGS = sorted(p for p in (ROOT / "config").glob("*.yaml") if p.name != "schema.yaml")
 PAPER_CONFIGS = [p for p in STUDY_CONFIGS if p.stem.startswith("paper-")]
@@ -218,28 +216,9 @@ def test_a_dry_run_stops_at_once_on_a_missing_model_path(path, tmp_path):
     """The documented command, as a user runs it before editing model.path: it fails in seconds,
     naming the key, with no job planned (and so nothing submitted)."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(path),
-            "--workflow-profile",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    seconds = time.perf_counter() - start
+    proc = run_snakemake(tmp_path, "-n", configfile=path, check=False)
+    print(f"{path.name}: dry-run refused in {time.perf_counter() - start:.1f} s")
     out = proc.stdout + proc.stderr
-    print(f"{path.name}: dry-run refused in {seconds:.1f} s")
     assert proc.returncode != 0
     assert "model.path" in out and "does not exist" in out, out
     assert "Traceback" not in out and "Job stats" not in out, out
@@ -248,30 +227,8 @@ def test_a_dry_run_stops_at_once_on_a_missing_model_path(path, tmp_path):
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_a_dry_run_with_the_weights_visible_plans_the_study(path, tmp_path):
-    configfile = paper_config(path, tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(configfile),
-            "--workflow-profile",
-            "none",
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "rule base:" in proc.stdout or "base " in proc.stdout
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", configfile=paper_config(path, tmp_path))
+    assert "base " in proc.stdout and "peak_ood " in proc.stdout
 
 
 def test_a_bad_model_path_is_a_configuration_error(tmp_path):

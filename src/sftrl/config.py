@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-# the study's names and layer ranges (re-exported: the workflow imports them from here too)
-from sftrl.study import band_name, layer_range, layers_name, study_models, sweep_variants
+# the study's names, layer ranges and name grammar (sftrl.study), which the checks below use
+from sftrl.study import BAND, LAYERS, band_name, layer_range, layers_name, study_models, sweep_variants
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -529,7 +529,7 @@ def layer_reset_problems(ranges: list, depth: int | None, key: str = "edits.laye
         name = layers_name(lo, hi)
         if lo >= hi:
             problems.append(f"{key}[{i}]: {short([lo, hi])} is an empty range; write [from, to) with from < to")
-        elif not re.fullmatch(r"layers[0-9.]+-[0-9.]+", name):
+        elif not re.fullmatch(LAYERS, name):
             problems.append(f"{key}[{i}]: {short([lo, hi])} would be named {name!r}; use fractions of at least 0.0001")
         elif name in names:
             problems.append(f"{key}[{i}]: {short([lo, hi])} is named {name!r} like item {names[name]}")
@@ -558,7 +558,7 @@ def _edit_problems(cfg: dict) -> list[str]:
         names: dict[str, int] = {}
         for i, (top, bottom) in enumerate(edits[kind]):
             name = band_name(top, bottom)
-            if not re.fullmatch(r"top[0-9.]+(-bottom[0-9.]+)?", name):
+            if not re.fullmatch(BAND, name):
                 problems.append(
                     f"edits.{kind}[{i}]: {short([top, bottom])} would be named {name!r}; use fractions "
                     "of at least 0.0001 (or 0)"

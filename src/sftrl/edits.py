@@ -241,33 +241,36 @@ def edit_checkpoint(
     edited = [name for name, _, _ in selected if target.torch_dtype(name).is_floating_point]
     if not edited:
         raise CheckpointError(f"{target.path}: no matrices of types {types} to edit")
-    edited_set = set(edited)
-    kept = [name for name in target.names if name not in edited_set]
-    assert len(edited) + len(kept) == len(target.names)
 
-    with ShardWriter(out_dir, copy_from=target.path, max_shard_bytes=max_shard_bytes) as out:
-        for name in tqdm(target.names, desc=f"{method} -> {Path(out_dir).name}", unit="tensor", disable=None):
-            if name not in edited_set:
-                out.write(name, target.read(name))
-                continue
-            shape = target.shape(name)
-            w_target = target.read(name)
-            donor_svd = _svd_from_file(svd_d, name, shape)
-            w_donor = donor.read(name) if donor_svd is None else None
-            w = edit(
-                w_target,
-                w_donor,
-                top,
-                bottom,
-                svd_target=_svd_from_file(svd_t, name, shape),
-                svd_donor=donor_svd,
-                device=device,
-            )
-            assert w.shape == w_target.shape and w.dtype == w_target.dtype, name
-            out.write(name, w)
-            del w, w_target, w_donor
-        assert out.names == target.names
+    def edited_tensor(name: str) -> torch.Tensor:
+        shape = target.shape(name)
+        w_target = target.read(name)
+        donor_svd = _svd_from_file(svd_d, name, shape)
+        w_donor = donor.read(name) if donor_svd is None else None
+        svd_target = _svd_from_file(svd_t, name, shape)
+        w = edit(w_target, w_donor, top, bottom, svd_target=svd_target, svd_donor=donor_svd, device=device)
+        assert w.shape == w_target.shape and w.dtype == w_target.dtype, name
+        return w
+
+    kept = _write_edited(target, out_dir, edited, edited_tensor, method, max_shard_bytes)
     return EditReport(method, Path(out_dir), edited, kept, {"top": top, "bottom": bottom, "types": format_types(types)})
+
+
+def _write_edited(
+    target: Checkpoint, out_dir, changed: list[str], tensor, label: str, max_shard_bytes: int
+) -> list[str]:
+    """Write ``target`` to ``out_dir`` (atomically, sharded like the target), with ``tensor(name)``
+    for each name in ``changed`` and the target's own tensor for the rest; returns the rest."""
+    changed_set = set(changed)
+    kept = [name for name in target.names if name not in changed_set]
+    assert len(changed) + len(kept) == len(target.names)
+    with ShardWriter(out_dir, copy_from=target.path, max_shard_bytes=max_shard_bytes) as out:
+        for name in tqdm(target.names, desc=f"{label} -> {Path(out_dir).name}", unit="tensor", disable=None):
+            w = tensor(name) if name in changed_set else target.read(name)
+            out.write(name, w)
+            del w
+        assert out.names == target.names
+    return kept
 
 
 def is_embedding_or_head(name: str) -> bool:
@@ -309,16 +312,13 @@ def layer_reset(
     ]
     if embeddings and not any(is_embedding_or_head(name) for name in from_donor):
         raise CheckpointError(f"{target.path}: no embed_tokens or lm_head tensor to reset (use embeddings=False)")
-    from_donor_set = set(from_donor)
-    from_target = [name for name in target.names if name not in from_donor_set]
-    assert len(from_donor) + len(from_target) == len(target.names)
 
-    with ShardWriter(out_dir, copy_from=target.path, max_shard_bytes=max_shard_bytes) as out:
-        for name in tqdm(target.names, desc=f"layer-reset -> {Path(out_dir).name}", unit="tensor", disable=None):
-            w = donor.read(name).to(target.torch_dtype(name)) if name in from_donor_set else target.read(name)
-            assert tuple(w.shape) == target.shape(name), name
-            out.write(name, w)
-        assert out.names == target.names
+    def copied(name: str) -> torch.Tensor:
+        w = donor.read(name).to(target.torch_dtype(name))
+        assert tuple(w.shape) == target.shape(name), name
+        return w
+
+    from_target = _write_edited(target, out_dir, from_donor, copied, "layer-reset", max_shard_bytes)
     return EditReport(
         "layer-reset",
         Path(out_dir),

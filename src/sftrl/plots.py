@@ -29,6 +29,14 @@ import polars as pl
 from sftrl.atomic import atomic_path
 
 SPLIT_LABELS = {"id": "ID", "ood": "OOD"}
+INTERVAL = ("accuracy", "ci_low", "ci_high")  # an accuracy and its 95% interval
+
+
+def _interval_columns(prefix: str = "") -> list[str]:
+    """``<prefix><split>_accuracy``, ``_ci_low``, ``_ci_high`` of both splits."""
+    return [f"{prefix}{s}_{c}" for s in SPLIT_LABELS for c in INTERVAL]
+
+
 SPLIT_COLORS = alt.Scale(domain=["ID", "OOD"], range=["#1f77b4", "#d62728"])
 BAND_COLORS = alt.Scale(domain=["head", "bulk", "tail"], range=["#fdd49e", "#f0f0f0", "#c6dbef"])
 MATRIX_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -56,7 +64,7 @@ def _accuracy_long(df: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
     """Wide ``<prefix><split>_{accuracy,ci_low,ci_high}`` columns → rows per split (in percent)."""
     parts = []
     for split, label in SPLIT_LABELS.items():
-        cols = {f"{prefix}{split}_{c}": c for c in ("accuracy", "ci_low", "ci_high")}
+        cols = {f"{prefix}{split}_{c}": c for c in INTERVAL}
         parts.append(
             df.rename(cols)
             .with_columns(pl.lit(label).alias("split"))
@@ -69,7 +77,7 @@ def _accuracy_long(df: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
                 ]
             )
         )
-    return _pct(pl.concat(parts, how="diagonal_relaxed"), ["accuracy", "ci_low", "ci_high"])
+    return _pct(pl.concat(parts, how="diagonal_relaxed"), list(INTERVAL))
 
 
 def _y_acc(title: str = "accuracy (%)") -> alt.Y:
@@ -99,21 +107,17 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
     rl-recovery table) as separate triangle marks at the SFT step they started from."""
     _require(
         trajectory,
-        ["model", "step", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"],
+        ["model", "step", *_interval_columns()],
         "sft_trajectory",
     )
-    sft = _accuracy_long(
-        trajectory.select(
-            "model", "step", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]
-        )
-    )
+    sft = _accuracy_long(trajectory.select("model", "step", *_interval_columns()))
     sft = sft.with_columns(pl.lit("SFT checkpoint").alias("stage"))
     frames = [sft]
     if rl is not None and not rl.is_empty():
         _require(
             rl, ["step", "rl_id_accuracy", "rl_ood_accuracy", "rl_id_ci_low", "rl_ood_ci_high"], "sft_trajectory (rl)"
         )
-        ppo = rl.select("step", *[f"rl_{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")])
+        ppo = rl.select("step", *_interval_columns("rl_"))
         names = rl.select("step", pl.col("rl_model") if "rl_model" in rl.columns else pl.format("ppo-{}", "step"))
         ppo = _accuracy_long(ppo, prefix="rl_").join(names.rename({names.columns[1]: "model"}), on="step", how="left")
         ppo = ppo.with_columns(pl.lit("RL from this step").alias("stage"))
@@ -151,7 +155,7 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
             "step",
             "peak_sft_ood",
             "recovery_pct",
-            *[f"{k}_ood_{c}" for k in ("sft", "rl") for c in ("accuracy", "ci_low", "ci_high")],
+            *[f"{k}_ood_{c}" for k in ("sft", "rl") for c in INTERVAL],
         ],
         "rl_recovery",
     )
@@ -165,7 +169,7 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
             pl.col(f"{kind}_ood_ci_high").alias("ci_high"),
         ).with_columns(pl.lit(label).alias("series"), pl.lit("OOD").alias("split"))
         parts.append(part)
-    long = _pct(pl.concat(parts), ["accuracy", "ci_low", "ci_high"]).sort("series", "step")
+    long = _pct(pl.concat(parts), list(INTERVAL)).sort("series", "step")
     peak = 100 * rl["peak_sft_ood"].max()
     long = long.with_columns(pl.lit(peak).alias("peak"))
     x = alt.X("step:Q", title="SFT checkpoint PPO started from (step)")
@@ -203,14 +207,10 @@ def stages(stage_table: pl.DataFrame) -> alt.LayerChart:
     """Premax / Moderate / RL × ID / OOD accuracy as grouped bars with 95% intervals."""
     _require(
         stage_table,
-        ["stage", "model", "id_accuracy", "id_ci_low", "id_ci_high", "ood_accuracy", "ood_ci_low", "ood_ci_high"],
+        ["stage", "model", *_interval_columns()],
         "stages",
     )
-    long = _accuracy_long(
-        stage_table.select(
-            "stage", "model", *[f"{s}_{c}" for s in SPLIT_LABELS for c in ("accuracy", "ci_low", "ci_high")]
-        )
-    )
+    long = _accuracy_long(stage_table.select("stage", "model", *_interval_columns()))
     order = {s: i for i, s in enumerate(stage_table["stage"].to_list())}
     long = (
         long.with_columns(pl.col("stage").replace_strict(order, return_dtype=pl.Int64).alias("_o"))
@@ -400,7 +400,7 @@ def _edit_long(df: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
                 pl.col(f"recovery_{split}_pct").alias("recovery_pct"),
             ).with_columns(pl.lit(label).alias("split"))
         )
-    return _pct(pl.concat(parts), ["accuracy", "ci_low", "ci_high", "donor", "target"])
+    return _pct(pl.concat(parts), [*INTERVAL, "donor", "target"])
 
 
 def _reference_rules() -> list[alt.Chart]:

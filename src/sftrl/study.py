@@ -168,21 +168,28 @@ def format_layers(layers: list[int]) -> str:
 @dataclass(frozen=True)
 class Edit:
     """One edited model: ``method`` (short: ``uvmerge`` ...), donor and target model names, and
-    either the spectral fractions (``top``, ``bottom``) or the layer range (``lo``, ``hi``)."""
+    either ``band``, the spectral fractions (top, bottom), or ``layers``, the range of the depth
+    (from, to)."""
 
     method: str
     donor: str
     target: str
-    top: float | None = None
-    bottom: float | None = None
-    lo: float | None = None
-    hi: float | None = None
+    band: tuple[float, float] | None = None
+    layers: tuple[float, float] | None = None
+
+    @property
+    def top(self) -> float | None:
+        return self.band[0] if self.band else None
+
+    @property
+    def bottom(self) -> float | None:
+        return self.band[1] if self.band else None
 
     @property
     def param(self) -> str:
         if self.method == "layerreset":
-            return layers_name(self.lo, self.hi)
-        return band_name(self.top, self.bottom)
+            return layers_name(*self.layers)
+        return band_name(*self.band)
 
     @property
     def name(self) -> str:
@@ -204,8 +211,8 @@ def parse_edit(name: str) -> Edit:
         )
     d = m.groupdict()
     if d["top"] is not None:
-        return Edit(d["method"], d["donor"], d["target"], top=float(d["top"]), bottom=float(d["bottom"] or 0))
-    return Edit(d["method"], d["donor"], d["target"], lo=float(d["lo"]), hi=float(d["hi"]))
+        return Edit(d["method"], d["donor"], d["target"], band=(float(d["top"]), float(d["bottom"] or 0)))
+    return Edit(d["method"], d["donor"], d["target"], layers=(float(d["lo"]), float(d["hi"])))
 
 
 def parse_edit_name(name: str) -> dict:
@@ -219,7 +226,7 @@ def parse_edit_name(name: str) -> dict:
         "target": e.target,
         "top": e.top,
         "bottom": e.bottom,
-        "layers": f"{e.lo:g}-{e.hi:g}" if e.method == "layerreset" else None,
+        "layers": "{:g}-{:g}".format(*e.layers) if e.layers else None,
     }
 
 
@@ -243,10 +250,10 @@ def edits(cfg: dict, peak: Peak) -> list[Edit]:
     layer resets, then the reverse experiment per RL run (when ``edits.reverse``)."""
     e = cfg["edits"]
     donor, target = donor_model(cfg, peak), target_model(cfg)
-    out = [Edit(method, donor, target, top=t, bottom=b) for key, method in SPECTRAL_METHODS.items() for t, b in e[key]]
-    out += [Edit("layerreset", donor, target, lo=lo, hi=hi) for lo, hi in e["layer_reset"]]
+    out = [Edit(method, donor, target, band=(t, b)) for key, method in SPECTRAL_METHODS.items() for t, b in e[key]]
+    out += [Edit("layerreset", donor, target, layers=(lo, hi)) for lo, hi in e["layer_reset"]]
     if e["reverse"]:
-        out += [Edit("uvmerge", f"sft-{s}", rl_model(cfg, s), top=1.0, bottom=0.0) for s in rl_steps(cfg)]
+        out += [Edit("uvmerge", f"sft-{s}", rl_model(cfg, s), band=(1.0, 0.0)) for s in rl_steps(cfg)]
     return out
 
 
@@ -264,7 +271,7 @@ def edit_job(name: str, depth: int | None) -> dict:
     """What the edit job for the edited model ``name`` does, parsed for its script: the method
     (``uv-merge`` ...), top and bottom fractions, or the layer ids of a ``depth``-layer model."""
     e = parse_edit(name)
-    layers = layer_range(e.lo, e.hi, depth) if e.method == "layerreset" else None
+    layers = layer_range(*e.layers, depth) if e.layers else None
     return {"method": EDIT_METHODS[e.method], "top": e.top, "bottom": e.bottom, "layers": layers}
 
 
