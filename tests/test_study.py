@@ -149,6 +149,12 @@ def test_the_registry_follows_the_config(cfg):
     assert set(study.TABLES) | set(study.PLOTS) == set(study.RESULT)
 
 
+def test_sft_step_rejects_models_outside_the_trajectory():
+    assert study.sft_step("base") == 0 and study.sft_step("sft-1600") == 1600
+    with pytest.raises(ValueError, match="ppo-800"):
+        study.sft_step("ppo-800")
+
+
 def test_model_step():
     assert [study.model_step(m) for m in ("base", "sft-25", "ppo-400", "grpo-7", "ppo-50-lr3e-5")] == [
         0,

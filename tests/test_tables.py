@@ -50,6 +50,9 @@ def test_sft_trajectory_rows_columns_and_order(tmp_path):
     assert df["step"].to_list() == [0, 25, 200]
     assert df["ood_accuracy"].to_list() == [0.4, 0.45, 0.2]
     assert {"id_ci_low", "ood_ci_high", "ood_numbers_correct", "ood_heldout_accuracy"} <= set(df.columns)
+    rl = [_summary(tmp_path, "ppo-25", split, 0.5) for split in ("id", "ood")]
+    with pytest.raises(Exception, match="ppo-25"):  # only base and sft-<step> are on the trajectory
+        tables.sft_trajectory(tables.read_summaries(paths + rl))
     csv, md = tmp_path / "t.csv", tmp_path / "t.md"
     tables.write_table(df, csv, md, tables.TRAJECTORY_MARKDOWN)
     back = pl.read_csv(csv)

@@ -429,10 +429,10 @@ def _precision_problems(cfg: dict) -> list[str]:
     if dtype not in ("bfloat16", "float16"):
         return []
     problems = []
-    from sftrl.launch import gpu_count
+    from sftrl.launch import gpu_count, job_resources
 
     for kind in ("sft", "rl"):
-        gpus = gpu_count({**cfg["resources"].get("default", {}), **cfg["resources"].get(kind, {})})
+        gpus = gpu_count(job_resources(cfg["resources"], kind))
         deepspeed = cfg["distributed"]["deepspeed"].get(kind)
         if gpus < 2 or not deepspeed:
             why = f"resources.{kind}.gpu is {gpus}" if gpus < 2 else f"distributed.deepspeed.{kind} is null"

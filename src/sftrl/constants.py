@@ -7,6 +7,7 @@ safetensors: it takes these from here, not from `sftrl.spectrum`.
 
 MATRIX_TYPES = ("q", "k", "v", "o", "gate", "up", "down")  # the projections of a decoder layer
 BANDS = ("head", "bulk", "tail")  # parts of a spectrum: top band, the rest, bottom band
+INTERVAL = ("accuracy", "ci_low", "ci_high")  # an accuracy and its 95% interval, as summaries and tables name them
 
 # Run-only settings: they change how a job runs (memory per step, how often resumable state is
 # saved), never what it computes, so they are not params of the rules (changing one reruns

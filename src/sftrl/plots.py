@@ -27,9 +27,9 @@ import altair as alt
 import polars as pl
 
 from sftrl.atomic import atomic_path
+from sftrl.constants import INTERVAL
 
 SPLIT_LABELS = {"id": "ID", "ood": "OOD"}
-INTERVAL = ("accuracy", "ci_low", "ci_high")  # an accuracy and its 95% interval
 
 
 def _interval_columns(prefix: str = "") -> list[str]:
@@ -114,12 +114,10 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
     sft = sft.with_columns(pl.lit("SFT checkpoint").alias("stage"))
     frames = [sft]
     if rl is not None and not rl.is_empty():
-        _require(
-            rl, ["step", "rl_id_accuracy", "rl_ood_accuracy", "rl_id_ci_low", "rl_ood_ci_high"], "sft_trajectory (rl)"
-        )
+        _require(rl, ["step", "rl_model", *_interval_columns("rl_")], "sft_trajectory (rl)")
         ppo = rl.select("step", *_interval_columns("rl_"))
-        names = rl.select("step", pl.col("rl_model") if "rl_model" in rl.columns else pl.format("ppo-{}", "step"))
-        ppo = _accuracy_long(ppo, prefix="rl_").join(names.rename({names.columns[1]: "model"}), on="step", how="left")
+        names = rl.select("step", pl.col("rl_model").alias("model"))
+        ppo = _accuracy_long(ppo, prefix="rl_").join(names, on="step", how="left")
         ppo = ppo.with_columns(pl.lit("RL from this step").alias("stage"))
         frames.append(ppo.select(sft.columns))
     long = pl.concat(frames).sort("stage", "split", "step", descending=[True, False, False])

@@ -126,6 +126,15 @@ def rl_sweep_models(cfg: dict) -> list[str]:
     return [rl_model(cfg, s) for s in steps if s in rl_steps(cfg)] + runs
 
 
+def sft_step(name: str) -> int:
+    """The step of a model of the SFT trajectory: ``base`` is 0, ``sft-<step>`` is ``<step>``;
+    ValueError for any other name."""
+    m = re.fullmatch(r"base|sft-(\d+)", name)
+    if not m:
+        raise ValueError(f"not a trajectory model name: {name!r} (expected base or sft-<step>)")
+    return int(m.group(1) or 0)
+
+
 def model_step(name: str) -> int:
     """The SFT step in a model's name (``base`` = 0)."""
     m = re.fullmatch(r"base|(?:sft|ppo|grpo)-(\d+)(?:-.+)?", name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from sftrl.atomic import write_text
+from sftrl.constants import INTERVAL
 
 View = dict[str, tuple[str, str | tuple[str, ...]]]
 
@@ -20,7 +21,7 @@ View = dict[str, tuple[str, str | tuple[str, ...]]]
 def ci(prefix: str) -> tuple[str, tuple[str, str, str]]:
     """The view of an accuracy with its 95% interval: columns ``<prefix>accuracy``,
     ``<prefix>ci_low`` and ``<prefix>ci_high`` shown as ``41.0 [34.9, 47.4]``."""
-    return ("ci", (f"{prefix}accuracy", f"{prefix}ci_low", f"{prefix}ci_high"))
+    return ("ci", tuple(f"{prefix}{c}" for c in INTERVAL))
 
 
 def _fmt(value, kind: str) -> str:

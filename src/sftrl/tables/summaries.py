@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from sftrl.study import SPLITS, model_step
+from sftrl.constants import INTERVAL
+from sftrl.study import SPLITS, sft_step
 
 SUMMARY_FIELDS = (
     "accuracy",
@@ -26,7 +27,6 @@ SUMMARY_FIELDS = (
     "heldout_n",
     "heldout_accuracy",
 )
-INTERVAL = ("accuracy", "ci_low", "ci_high")  # an accuracy and its 95% interval
 
 
 def by_turn_text(fractions: list[float] | None) -> str | None:
@@ -104,7 +104,7 @@ def recovery(value, start, reference, start_high=None, reference_low=None):
 def peak_ood(summaries: pl.DataFrame) -> dict:
     """The SFT checkpoint with the highest OOD accuracy; ties go to the earliest step."""
     ood = summaries.filter(pl.col("split") == "ood").with_columns(
-        pl.col("model").map_elements(model_step, return_dtype=pl.Int64).alias("step")
+        pl.col("model").map_elements(sft_step, return_dtype=pl.Int64).alias("step")
     )
     if ood.is_empty():
         raise ValueError("peak_ood needs OOD summaries of SFT checkpoints")

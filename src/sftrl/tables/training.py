@@ -10,7 +10,7 @@ import re
 
 import polars as pl
 
-from sftrl.study import model_step
+from sftrl.study import sft_step
 from sftrl.tables.render import ci
 from sftrl.tables.summaries import interval_schema, intervals, recovery, wide_by_split
 
@@ -18,7 +18,7 @@ from sftrl.tables.summaries import interval_schema, intervals, recovery, wide_by
 def sft_trajectory(summaries: pl.DataFrame) -> pl.DataFrame:
     """ID and OOD accuracy (with 95% intervals) of the base (step 0) and every SFT checkpoint."""
     wide = wide_by_split(summaries)
-    wide = wide.with_columns(pl.col("model").map_elements(model_step, return_dtype=pl.Int64).alias("step"))
+    wide = wide.with_columns(pl.col("model").map_elements(sft_step, return_dtype=pl.Int64).alias("step"))
     return wide.select("model", "step", pl.exclude("model", "step")).sort("step")
 
 
