@@ -74,7 +74,8 @@ def results_settings(section, settings=None):
 
 def holdout():
     """(fraction, seed) of the held-out rank multisets, shared by every data set."""
-    return [config["data"]["holdout_fraction"], config["data"]["holdout_seed"]]
+    d = config["data"]
+    return [d.get("holdout_fraction", 0.0), d.get("holdout_seed", 0)]  # optional keys
 
 
 # --- models ----------------------------------------------------------------------------------
