@@ -12,7 +12,7 @@ rule base:
         R("benchmarks/base/base.tsv")
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("base")
     resources:
         **res("base"),
     params:

@@ -12,7 +12,7 @@ from sftrl import study
 from sftrl.config import ConfigError, model_depth, prepare
 from sftrl.constants import RUN_ONLY
 from sftrl.fingerprint import code_fingerprint
-from sftrl.launch import job_resources
+from sftrl.launch import job_resources, job_threads
 
 try:  # the effective config: resource groups whole, checked, no tiny-only keys for local weights
     schema = Path(workflow.basedir) / "config" / "schema.yaml"
@@ -55,6 +55,11 @@ def R(path):
 def res(group):
     """Resources of a rule group (sftrl.launch.job_resources)."""
     return job_resources(config["resources"], group)
+
+
+def cpu_threads(group):
+    """CPU threads of a rule group's jobs (`threads` in the config; sftrl.launch.job_threads)."""
+    return job_threads(config["threads"], config["resources"], group)
 
 
 def code(script, *modules):
@@ -140,9 +145,16 @@ def edit_inputs(wildcards):
     return inputs
 
 
-def edited(path):
-    """Edited models are deleted once evaluated, unless `edits.keep`."""
-    return path if config["edits"]["keep"] else temp(path)
+# An edit job edits and evaluates: the edited model is written to a work directory, played on the
+# evaluation hands and deleted, unless `edits.keep` makes it an output (models/<edited>/).
+EDITED = "{method}-{donor}-into-{target}-{param}"
+
+
+def edited_model():
+    """The edit rule's model output: models/<edited> when `edits.keep`, else none."""
+    if not config["edits"]["keep"]:
+        return {}
+    return {"model": directory(R(f"models/{EDITED}"))}
 
 
 def stage_inputs(wildcards):

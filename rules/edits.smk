@@ -4,15 +4,18 @@
 rule edit:
     input:
         unpack(edit_inputs),
+        hands=expand(R("data/eval-{split}.parquet"), split=SPLITS),
     output:
-        edited(directory(R("models/{method}-{donor}-into-{target}-{param}"))),
+        **edited_model(),
+        records=[R(f"eval/{EDITED}/{split}.parquet") for split in SPLITS],
+        summaries=[R(f"eval/{EDITED}/{split}.json") for split in SPLITS],
     log:
-        R("logs/edits/{method}-{donor}-into-{target}-{param}.log"),
+        R(f"logs/edits/{EDITED}.log"),
     benchmark:
-        R("benchmarks/edits/{method}-{donor}-into-{target}-{param}.tsv")
+        R(f"benchmarks/edits/{EDITED}.tsv")
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("edit")
     resources:
         **res("edit"),
     params:
@@ -22,8 +25,17 @@ rule edit:
         edit=lambda wc: study.edit_job(
             f"{wc.method}-{wc.donor}-into-{wc.target}-{wc.param}", DEPTH
         ),
+        work=R(f"train/edits/{EDITED}"),
+        splits=SPLITS,
+        eval=results_settings("eval"),
+        template=config["model"]["template"],
+        dtype=config["model"]["dtype"],
     script:
         "../scripts/edit.py"
+
+
+# An edited model's evaluation is the edit job's (above), never the evaluate rule's.
+ruleorder: edit > evaluate
 
 
 rule table_edits:

@@ -15,7 +15,7 @@ rule evaluate:
         R("benchmarks/evaluate/{model}.tsv")
     conda:
         "../envs/training.yaml"
-    threads: 1
+    threads: cpu_threads("evaluate")
     resources:
         **res("evaluate"),
     params:

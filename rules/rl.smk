@@ -14,9 +14,10 @@ rule rl:
         R(f"logs/rl/{RL_ALGORITHM}-{{start}}.log"),
     benchmark:
         R(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}.tsv")
+    priority: 1  # the longest jobs: started before the short ones queued beside them
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("rl")
     resources:
         **res("rl"),
     params:

@@ -17,9 +17,12 @@ rule sft:
         R("logs/sft/sft-{step}.log"),
     benchmark:
         R("benchmarks/sft/sft-{step}.tsv")
+    # The segments are the study's longest chain (base -> sft-... -> the last RL run): a free core
+    # takes the next segment before any evaluation, SVD or edit waiting beside it.
+    priority: 2
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("sft")
     resources:
         **res("sft"),
     params:

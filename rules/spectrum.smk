@@ -29,7 +29,7 @@ rule svd:
         R("benchmarks/svd/{model}.tsv")
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("svd")
     resources:
         **res("svd"),
     params:
@@ -52,7 +52,7 @@ rule spectrum:
         R("benchmarks/spectrum/{a}--{b}.tsv")
     conda:
         "../envs/training.yaml"
-    threads: config["threads"]
+    threads: cpu_threads("spectrum")
     resources:
         **res("spectrum"),
     params:

@@ -346,7 +346,7 @@ def test_each_rule_runs_without_what_its_env_lacks(reduced_study, tmp_path):
     res = "results/test"
     donor = json.loads((work / res / "eval" / "peak-ood.json").read_text())["model"]
     cheap = [f"{res}/eval/base/id.json", f"{res}/svd/base.safetensors", f"{res}/spectrum/base--sft-4.parquet",
-             f"{res}/models/layerreset-{donor}-into-sft-8-layers0-0.5"]  # fmt: skip
+             f"{res}/eval/layerreset-{donor}-into-sft-8-layers0-0.5/id.json"]  # fmt: skip
     runs = [
         # tables, plots and report pages (after the checkpoint peak_ood) and the cheap model rules
         (["all_plots", f"{res}/tables/stages.md", f"{res}/benchmarks/summary.md", *cheap],

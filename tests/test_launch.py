@@ -122,3 +122,48 @@ def test_two_processes_run_ppo_and_share_the_episodes(tmp_path):
     weights = load_file(tmp_path / "ppo" / "model.safetensors")
     assert not any("value_head" in k for k in weights)
     assert any(not torch.equal(weights[k], load_file(start / "model.safetensors")[k]) for k in weights)
+
+
+def test_job_threads_are_a_number_or_each_groups_cpus():
+    resources = {
+        "default": {"cpus_per_task": 1},
+        "base": {"cpus_per_task": 2},
+        "rl": {"gpu": 4, "cpus_per_gpu": 8, "cpus_per_task": 3},
+        "svd": {"gres": "gpu:a100:2", "cpus_per_gpu": 4},
+        "tables": {"mem_mb": 100},
+    }
+    assert launch.job_threads(3, resources, "base") == 3  # a number: every job
+    assert launch.job_threads("cpus", resources, "base") == 2
+    assert launch.job_threads("cpus", resources, "sft") == 1  # the default group's
+    assert launch.job_threads("cpus", resources, "rl") == 32  # cpus_per_gpu x GPUs
+    assert launch.job_threads("cpus", resources, "svd") == 8
+    assert launch.job_threads("cpus", {"default": {}}, "tables") == 1  # nothing set: one
+
+
+def test_job_log_ends_with_the_jobs_import_and_work_time(tmp_path):
+    """job_log's last line: seconds to start and import (before the job's code and while it
+    ran, timed at importlib's loader) beside the rest; benchmarks/job_imports.py reads it."""
+    import importlib
+    import re
+    import time
+
+    from sftrl.logs import job_log
+
+    (tmp_path / "slow_module_for_test.py").write_text("import time\ntime.sleep(0.3)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with job_log(tmp_path / "job.log"):
+            importlib.import_module("slow_module_for_test")  # as transformers' lazy modules import
+            time.sleep(0.2)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("slow_module_for_test", None)
+    last = (tmp_path / "job.log").read_text().splitlines()[-1]
+    m = re.fullmatch(r"job: timing: imports ([\d.]+) s \(([\d.]+) s before the job's code, ([\d.]+) s inside it\), "
+                     r"other work ([\d.]+) s", last)  # fmt: skip
+    assert m, last
+    total, before, inside, other = map(float, m.groups())
+    assert 0.3 <= inside < 0.3 + 0.2 and 0.2 <= other and total == pytest.approx(before + inside, abs=0.011)
+    import importlib._bootstrap as bootstrap
+
+    assert bootstrap._find_and_load.__name__ == "_find_and_load"  # the loader is itself again

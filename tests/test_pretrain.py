@@ -4,12 +4,13 @@ a loadable checkpoint, the same weights for the same seed."""
 import json
 import random
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from sftrl import data
 from sftrl.models import build_tiny_model, build_tiny_tokenizer, load_model
-from sftrl.pretrain import bucketed_batches, collate, pretrain
+from sftrl.pretrain import bucketed_batches, collate, lr_schedule, pretrain
 from sftrl.sft import TrainSettings
 
 ARCH = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_position_embeddings=128)
@@ -24,6 +25,29 @@ def test_bucketed_batches_cover_one_pass_in_batches_of_similar_length():
     spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
     assert sum(s <= 2 for s in spread) >= 90  # nearly every batch holds one length band
     assert batches != bucketed_batches(lengths, 10, random.Random(2))  # the order follows the seed
+
+
+@pytest.mark.parametrize("name", ["constant", "linear", "cosine"])
+def test_lr_schedule_is_transformers_get_scheduler(name):
+    """The base's schedules give transformers' learning rates step for step (without importing
+    its Trainer machinery)."""
+    from transformers import get_scheduler
+
+    def rates(make):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = make(opt)
+        out = []
+        for _ in range(50):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = rates(lambda opt: lr_schedule(opt, name, 7, 40))
+    theirs = rates(lambda opt: get_scheduler(name, opt, num_warmup_steps=7, num_training_steps=40))
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    with pytest.raises(ValueError, match="scheduler: expected"):
+        lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "polynomial", 0, 10)
 
 
 def test_collate_masks_the_prompt_and_the_padding():

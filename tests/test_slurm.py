@@ -121,7 +121,7 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
     extra = [
         f"results/{study}/svd/sft-{first}.safetensors",
         f"results/{study}/spectrum/base--sft-{first}.parquet",
-        f"results/{study}/models/uvmerge-sft-{first}-into-sft-{last}-top0.2",
+        f"results/{study}/eval/uvmerge-sft-{first}-into-sft-{last}-top0.2/id.json",
     ]
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     start = time.perf_counter()

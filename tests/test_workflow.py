@@ -1,6 +1,7 @@
 """The workflow: dry-runs of the DAG, config errors before any job, a real reduced run."""
 
 import json
+import shutil
 
 import polars as pl
 import pytest
@@ -91,3 +92,32 @@ def test_rl_and_sft_data_hold_only_the_id_rule_and_no_heldout_hand(reduced_study
     pre = pl.read_parquet(res / "pretrain.parquet")
     ranks = {tuple(sorted(card_to_rank(c) for c in cards)) for cards in pre["cards"].to_list()}
     assert not ranks & held
+
+
+@pytest.mark.slow
+def test_an_edit_job_evaluates_its_model_and_keeps_it_only_when_asked(reduced_study, tmp_path):
+    """One job edits and evaluates (rules/edits.smk): the evaluation is there, the edited model is
+    gone with its work directory; with edits.keep the same job leaves the model, loadable."""
+    from sftrl.models import load_model
+
+    res = reduced_study / "results" / "test"
+    donor = json.loads((res / "eval" / "peak-ood.json").read_text())["model"]
+    name = f"layerreset-{donor}-into-sft-8-layers0-0.5"
+    for split in ("id", "ood"):
+        summary = json.loads((res / "eval" / name / f"{split}.json").read_text())
+        assert summary["model"] == name and summary["split"] == split and summary["n"] == 24
+    log = (res / "logs" / "edits" / f"{name}.log").read_text()
+    assert "layer-reset" in log and '"accuracy"' in log and "job: timing: imports" in log
+    assert not (res / "models" / name).exists()
+    assert not list((res / "train").glob("edits/*"))  # the work directory went with the job
+
+    work = tmp_path / "study"
+    shutil.copytree(reduced_study, work, symlinks=True)
+    cfg = reduced_config()
+    cfg["edits"]["keep"] = True
+    write_config(work, cfg)
+    run_snakemake(work, "--cores", "1", f"results/test/models/{name}")
+    model = load_model(work / "results" / "test" / "models" / name)
+    assert model.config.num_hidden_layers == cfg["model"]["tiny"]["num_layers"]
+    again = json.loads((work / "results" / "test" / "eval" / name / "id.json").read_text())
+    assert again == json.loads((res / "eval" / name / "id.json").read_text())  # the same model, the same play

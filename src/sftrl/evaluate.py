@@ -270,3 +270,38 @@ def evaluate_model(
         bar.close()
         results[split] = (records, summarise(records, turns))
     return results
+
+
+def evaluate_to_files(
+    model_dir: str | os.PathLike,
+    name: str,
+    hand_paths: dict[str, str | os.PathLike],
+    outputs: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
+    eval_cfg: dict,
+    batch_size: int,
+    template: str,
+    dtype: str = "auto",
+) -> None:
+    """What an evaluation job writes: play ``model_dir`` on the hands of each split
+    (``hand_paths``) with the ``eval`` settings ``eval_cfg`` and write each split's records
+    (parquet) and summary (JSON, the model named ``name``) to ``outputs[split]``, atomically.
+    ``batch_size`` is the run-only ``eval.batch_size``. Used by the ``evaluate`` rule and by the
+    ``edit`` rule, which evaluates the model it edits."""
+    import json
+
+    from sftrl.atomic import write_parquet, write_text
+
+    settings = GenerationSettings(
+        max_new_tokens=eval_cfg["max_new_tokens"],
+        batch_size=batch_size,
+        decoding=eval_cfg["decoding"],
+        seed=eval_cfg["seed"],
+    )
+    hands = {split: pl.read_parquet(path) for split, path in hand_paths.items()}
+    results = evaluate_model(model_dir, hands, template, eval_cfg["turns"], settings, eval_cfg["arithmetic"], dtype)
+    for split, (records, summary) in results.items():
+        records_path, summary_path = outputs[split]
+        summary = {"model": name, "split": split, **summary}
+        write_parquet(records, records_path)
+        write_text(json.dumps(summary, indent=2) + "\n", summary_path)
+        print(json.dumps(summary, indent=2))

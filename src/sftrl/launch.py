@@ -88,6 +88,18 @@ def job_resources(resources: dict, group: str) -> dict:
     return merged
 
 
+def job_threads(threads: int | str, resources: dict, group: str) -> int:
+    """CPU threads (torch's, and the job's Snakemake ``threads:``) of a rule group's jobs: the
+    config's ``threads`` when it is a number; when it is ``cpus``, the CPUs the group's resources
+    give a job (``cpus_per_task``, or ``cpus_per_gpu`` x its GPUs; 1 when neither is set)."""
+    if threads != "cpus":
+        return int(threads)
+    merged = job_resources(resources, group)
+    if "cpus_per_gpu" in merged:
+        return int(merged["cpus_per_gpu"]) * max(1, gpu_count(merged))
+    return int(merged.get("cpus_per_task", 1))
+
+
 def deepspeed_config(name: str | None, repository: str | os.PathLike) -> str | None:
     """A DeepSpeed config (``distributed.deepspeed.<kind>``) as an absolute path: relative to
     the working directory, or else to ``repository`` (the shipped config/deepspeed/*.json)."""

@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,35 +19,105 @@ def job_environment() -> str:
     return f"job: host={socket.gethostname()} " + " ".join(f"{k}={v}" for k, v in env.items())
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux's /proc), None where that cannot be read."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class ImportClock:
+    """Seconds the main thread spends loading modules inside a ``with`` block.
+
+    Times the outermost calls of importlib's ``_find_and_load``, which loads every module not yet
+    in ``sys.modules``, whether by an ``import`` statement or by ``importlib.import_module`` (the
+    lazy modules of transformers): the figure ``python -X importtime`` reports, for the imports a
+    job makes while it runs. ``seconds`` stays None where importlib lacks that hook.
+    """
+
+    def __init__(self):
+        self.seconds: float | None = None
+        self._bootstrap = self._original = None
+
+    def __enter__(self) -> ImportClock:
+        import importlib._bootstrap as bootstrap
+
+        original = getattr(bootstrap, "_find_and_load", None)
+        if original is None:
+            return self
+        self.seconds, depth, main = 0.0, [0], threading.get_ident()
+
+        def timed(name, import_):
+            if depth[0] or threading.get_ident() != main:
+                return original(name, import_)
+            depth[0] += 1
+            tic = time.perf_counter()
+            try:
+                return original(name, import_)
+            finally:
+                self.seconds += time.perf_counter() - tic
+                depth[0] -= 1
+
+        self._bootstrap, self._original = bootstrap, original
+        bootstrap._find_and_load = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bootstrap is not None:
+            self._bootstrap._find_and_load = self._original
+
+
+def job_timing(before: float | None, imports: float | None, body: float) -> str:
+    """The last line of a job's log: its start-up and import time beside its work.
+
+    ``before``: process start to the job's code (interpreter, Snakemake's script preamble, the
+    script's imports); ``imports``: modules loaded while the job ran; ``body``: the job's code.
+    ``benchmarks/job_imports.py`` reads these lines back."""
+    if before is None or imports is None:
+        return f"job: timing: {body:.2f} s in the job's code (start-up not measurable here)"
+    return (
+        f"job: timing: imports {before + imports:.2f} s ({before:.2f} s before the job's code, "
+        f"{imports:.2f} s inside it), other work {body - imports:.2f} s"
+    )
+
+
 @contextlib.contextmanager
 def job_log(path: str | os.PathLike, threads: int | None = None) -> Iterator[None]:
     """Send stdout, stderr (progress bars) and ``logging`` to ``path``; set torch's CPU threads.
 
     The first line records where the job ran: host, SLURM job id and the GPUs it was given
-    (``CUDA_VISIBLE_DEVICES``), so a cluster run's logs show what each job got."""
+    (``CUDA_VISIBLE_DEVICES``), so a cluster run's logs show what each job got; the last line
+    (``job_timing``) how long it took to start and import what it needs, beside its work."""
+    before = process_age()  # everything until here is start-up: interpreter, preamble, imports
+    tic = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if threads:
-        import torch
+    with ImportClock() as clock:
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        print(job_environment(), file=fh)
-        handler = logging.StreamHandler(fh)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
-            yield
-        except BaseException:
-            import traceback
+            torch.set_num_threads(threads)
+        with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            print(job_environment(), file=fh)
+            handler = logging.StreamHandler(fh)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root = logging.getLogger()
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+            try:
+                yield
+                print(job_timing(before, clock.seconds, time.perf_counter() - tic), file=fh)
+            except BaseException:
+                import traceback
 
-            traceback.print_exc(file=fh)
-            raise
-        finally:
-            root.removeHandler(handler)
-            sys.stdout.flush()
+                traceback.print_exc(file=fh)
+                raise
+            finally:
+                root.removeHandler(handler)
+                sys.stdout.flush()
 
 
 # --- training metrics beside the JSONL files: TensorBoard or Weights & Biases -------------------

@@ -23,12 +23,31 @@ from pathlib import Path
 
 import polars as pl
 import torch
-from transformers import get_scheduler
 
-from sftrl.models import save_model
 from sftrl.sft import TrainSettings, tokenize_completions
 
 IGNORE = -100
+
+
+def lr_schedule(optimizer, name: str, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' ``constant``, ``linear`` and ``cosine`` schedules (``get_scheduler``; constant
+    ignores the warm-up there too), without importing its Trainer machinery, which costs the job
+    seconds (benchmarks/job_imports.py): same factors step for step (tests/test_pretrain.py)."""
+
+    def factor(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        if name == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        raise ValueError(f"scheduler: expected constant, linear or cosine, got {name!r}")
+
+    factor(0), factor(total)  # an unknown name fails here, before training
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -62,6 +81,22 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, max_grad_norm: float) -> float:
+    """One optimiser step on a :func:`collate` batch: mean cross-entropy over the completion
+    tokens, gradient norm clipped, optimiser and schedule stepped. Returns the loss.
+    (``benchmarks/train_step.py`` times this function against a plain PyTorch loop.)"""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def pretrain(
     model,
     tokenizer,
@@ -89,7 +124,7 @@ def pretrain(
         model.parameters(), lr=hp.lr, betas=hp.adam_betas, weight_decay=hp.weight_decay, eps=1e-8
     )
     warmup = int(hp.warmup if hp.warmup >= 1 else hp.warmup * hp.max_steps)
-    scheduler = get_scheduler(hp.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=hp.max_steps)
+    scheduler = lr_schedule(optimizer, hp.scheduler, warmup, hp.max_steps)
     if metrics_path is not None:
         metrics_path = Path(metrics_path)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,16 +138,7 @@ def pretrain(
             if not batches:
                 raise ValueError(f"fewer pretraining examples ({len(lengths)}) than one batch ({hp.batch_size})")
         batch = collate([examples[i] for i in batches.pop()], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(train_step(model, batch, optimizer, scheduler, hp.max_grad_norm))
         tokens += int(batch["attention_mask"].sum())
         if step % log_every == 0 or step == hp.max_steps:
             elapsed = time.perf_counter() - tic
@@ -128,5 +154,7 @@ def pretrain(
                     fh.write(json.dumps(row) + "\n")
             losses, tokens, tic = [], 0, time.perf_counter()
     model.eval()
+    from sftrl.models import save_model
+
     save_model(model, tokenizer, model_out)
     return row

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import polars as pl
 import torch
-from datasets import Dataset
-from transformers import TrainerCallback
 
 from sftrl.atomic import atomic_path
-from sftrl.models import save_model
+
+# TRL, transformers' Trainer and datasets are imported where they are used (train_segment): the
+# base rule and benchmarks import this module for TrainSettings and tokenize_completions only,
+# and importing them costs a job seconds (benchmarks/job_imports.py).
 
 
 @dataclass
@@ -74,43 +75,44 @@ class TrainSettings:
         )
 
 
-class _StopAt(TrainerCallback):
-    """Stop (and save resumable state) once the segment's last step is done."""
+def _callbacks(stop_at: int, metrics_path: Path | None) -> list:
+    """Trainer callbacks: stop (and save resumable state) once the segment's last step is done;
+    append loss and learning rate per logged step to a JSON-lines file (``metrics_path``)."""
+    from transformers import TrainerCallback
 
-    def __init__(self, step: int):
-        self.step = step
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= stop_at:
+                control.should_training_stop = True
+                control.should_save = True
+            return control
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-            control.should_save = True
-        return control
+    class MetricsFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
 
-
-class _MetricsFile(TrainerCallback):
-    """Append loss and learning rate per logged step to a JSON-lines file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
-            return
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+    callbacks = [StopAt()]
+    if metrics_path is not None:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(MetricsFile())
+    return callbacks
 
 
-def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int, key: str = "sft.max_length") -> Dataset:
+def _dataset(data: pl.DataFrame, tokenizer, chat: bool, max_length: int, key: str = "sft.max_length"):
     """Prompt-completion examples for TRL (loss on the completion only), each at most
     ``max_length`` tokens (a longer one is an error naming ``key``: TRL would truncate it).
 
     Chat templates are left to TRL (conversational prompt-completion); their rendered lengths are
     checked here. Plain text is tokenised here in one batched call -- TRL's per-example map is
     ~30x slower, which dominates a CPU run -- into the ``input_ids`` and ``labels`` (-100 on the
-    prompt) that TRL would build.
+    prompt) that TRL would build. Returns a ``datasets.Dataset``.
     """
+    from datasets import Dataset
+
     if chat:
         prompts = [[{"role": "user", "content": p}] for p in data["prompt"]]
         completions = [[{"role": "assistant", "content": c}] for c in data["completion"]]
@@ -240,6 +242,8 @@ def train_segment(
     """
     from trl import SFTTrainer
 
+    from sftrl.models import save_model
+
     if not 0 < stop_at <= hp.max_steps:
         raise ValueError(f"stop_at must be in 1..max_steps ({hp.max_steps}); got {stop_at}")
     work_dir = Path(work_dir)
@@ -257,9 +261,7 @@ def train_segment(
     dataset = _dataset(data, tokenizer, chat, hp.max_length)
     if report_to == "tensorboard" and logging_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)  # transformers 5 reads it here
-    callbacks = [_StopAt(stop_at)]
-    if metrics_path is not None:
-        callbacks.append(_MetricsFile(Path(metrics_path)))
+    callbacks = _callbacks(stop_at, Path(metrics_path) if metrics_path is not None else None)
     trainer = SFTTrainer(
         model=model,
         args=_sft_config(hp, work_dir, stop_at, str(deepspeed) if deepspeed else None, report_to),

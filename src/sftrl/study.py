@@ -277,11 +277,11 @@ def layer_ids(cfg: dict, depth: int) -> dict[str, str]:
 
 
 def edit_job(name: str, depth: int | None) -> dict:
-    """What the edit job for the edited model ``name`` does, parsed for its script: the method
-    (``uv-merge`` ...), top and bottom fractions, or the layer ids of a ``depth``-layer model."""
+    """What the edit job for the edited model ``name`` does, parsed for its script: its name, the
+    method (``uv-merge`` ...), top and bottom fractions, or the layer ids of a ``depth``-layer model."""
     e = parse_edit(name)
     layers = layer_range(*e.layers, depth) if e.layers else None
-    return {"method": EDIT_METHODS[e.method], "top": e.top, "bottom": e.bottom, "layers": layers}
+    return {"name": name, "method": EDIT_METHODS[e.method], "top": e.top, "bottom": e.bottom, "layers": layers}
 
 
 # --- spectra and the stage table -----------------------------------------------------------------
