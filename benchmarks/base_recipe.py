@@ -34,15 +34,24 @@ from sftrl.pretrain import pretrain
 from sftrl.sft import TrainSettings, train_segment
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VARIANTS = ["steps=400", "steps=600", "steps=800", "steps=1200", "steps=600,lr=3e-3"]
+DEFAULT_VARIANTS = ["steps=600", "steps=800", "steps=1200", "steps=800,lr=3.0e-3"]
 PROBE_STEP = 10
 
 
 def parse_variant(text: str) -> dict:
+    """``steps=600,lr=3e-3`` -> {"steps": 600, "lr": 0.003} (numbers as numbers, whatever YAML
+    would make of ``3e-3``)."""
     out = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        out[key.strip()] = yaml.safe_load(value)
+        value = value.strip()
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
     return out
 
 
@@ -85,7 +94,9 @@ def main() -> None:
                           tmp / "probe", tmp / "work")  # fmt: skip
             probe = play(tmp / "probe")
         rows.append((text, minutes, last["loss"], base, probe))
-        print(f"{text}: {minutes:.1f} min, loss {last['loss']:.3f}", flush=True)
+        print(f"{text}: {minutes:.1f} min, loss {last['loss']:.3f}, base numbers-correct ID/OOD "
+              f"{base['id']['numbers_correct']:.3f}/{base['ood']['numbers_correct']:.3f}, probe ID/OOD "
+              f"{probe['id']['accuracy']:.3f}/{probe['ood']['accuracy']:.3f}", flush=True)  # fmt: skip
 
     print(f"\nbase recipe sweep ({args.threads} thread(s); probe = {PROBE_STEP} SFT steps from the base; "
           f"accuracy within {e['turns']} attempts on {d['eval_size']} hands)\n")  # fmt: skip

@@ -142,7 +142,7 @@ def test_job_threads_are_a_number_or_each_groups_cpus():
 
 def test_job_log_ends_with_the_jobs_import_and_work_time(tmp_path):
     """job_log's last line: seconds to start and import (before the job's code and while it
-    ran, timed at importlib's loader) beside the rest; benchmarks/job_imports.py reads it."""
+    ran, timed at importlib's loader) beside the rest; benchmarks/study_time.py reads it."""
     import importlib
     import re
     import time

@@ -278,7 +278,8 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path, mon
     # as users type it: the installed profile by name, beside the workflow profile
     monkeypatch.setenv("XDG_CONFIG_HOME", installed_profile(tmp_path)["XDG_CONFIG_HOME"])
     args = ["--profile", "slurm", "--workflow-profile", str(ROOT / "profiles" / "default"), "--verbose",
-            "--slurm-init-seconds-before-status-checks", "2", *targets]  # fmt: skip
+            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+            *targets]  # fmt: skip
     proc = run_snakemake(tmp_path, *args, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake --profile slurm failed:\n{out[-6000:]}"

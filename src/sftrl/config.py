@@ -400,7 +400,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         if unknown:
             problems.append(f"rl.from: steps {unknown} are not in sft.checkpoints {sorted(sft['checkpoints'])}")
     sweep = cfg.get("rl_sweep")
-    from sftrl.ppo import PPOConfig
+    from sftrl.ppo_config import PPOConfig
 
     # rl: itself, then each sweep variant's overrides on top of it
     base = {k: v for k, v in rl.items() if k not in ("algorithm", "from", "num_generations")}
@@ -575,7 +575,7 @@ def _edit_problems(cfg: dict) -> list[str]:
 def _rl_setting(cfg: dict, name: str):
     from dataclasses import fields
 
-    from sftrl.ppo import PPOConfig
+    from sftrl.ppo_config import PPOConfig
 
     if name in cfg["rl"]:
         return cfg["rl"][name]

@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from sftrl.game import check_formula
 from sftrl.logs import truncate_metrics
-from sftrl.ppo import PPOConfig
+from sftrl.ppo_config import PPOConfig
 from sftrl.prompts import get_template
 
 __all__ = ["grpo_args", "make_reward_function", "train_grpo"]

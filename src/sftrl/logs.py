@@ -75,7 +75,7 @@ def job_timing(before: float | None, imports: float | None, body: float) -> str:
 
     ``before``: process start to the job's code (interpreter, Snakemake's script preamble, the
     script's imports); ``imports``: modules loaded while the job ran; ``body``: the job's code.
-    ``benchmarks/job_imports.py`` reads these lines back."""
+    ``benchmarks/study_time.py`` reads these lines back."""
     if before is None or imports is None:
         return f"job: timing: {body:.2f} s in the job's code (start-up not measurable here)"
     return (

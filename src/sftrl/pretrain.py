@@ -32,7 +32,7 @@ IGNORE = -100
 def lr_schedule(optimizer, name: str, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' ``constant``, ``linear`` and ``cosine`` schedules (``get_scheduler``; constant
     ignores the warm-up there too), without importing its Trainer machinery, which costs the job
-    seconds (benchmarks/job_imports.py): same factors step for step (tests/test_pretrain.py)."""
+    seconds (benchmarks/study_time.py): same factors step for step (tests/test_pretrain.py)."""
 
     def factor(step: int) -> float:
         if name == "constant":

@@ -30,7 +30,7 @@ from sftrl.atomic import atomic_path
 
 # TRL, transformers' Trainer and datasets are imported where they are used (train_segment): the
 # base rule and benchmarks import this module for TrainSettings and tokenize_completions only,
-# and importing them costs a job seconds (benchmarks/job_imports.py).
+# and importing them costs a job seconds (benchmarks/study_time.py).
 
 
 @dataclass
