@@ -63,15 +63,25 @@ def test_reduced_study_runs_end_to_end_and_is_reproducible(reduced_study, tmp_pa
     table = (res / "tables" / "sft-trajectory.md").read_text()
     assert "| sft-8 | 8 |" in table
     assert (res / "logs" / "sft" / "sft-8.metrics.jsonl").is_file()
-    # nothing left to do, and the same config elsewhere gives the same tables
+    # nothing left to do, and the same config elsewhere gives the same results: every training
+    # stage (data, base, SFT, PPO) and every evaluation of a trained model again from nothing, to
+    # the two tables that read them (the SVDs, spectra and edits downstream are deterministic linear
+    # algebra on these models; running them twice would double the suite's longest test)
     assert "Nothing to be done" in run_snakemake(reduced_study, "-n", "--cores", "1").stdout
     write_config(tmp_path, reduced_config())
-    run_snakemake(tmp_path, "--cores", "2")
-    tables = sorted(p.name for p in (res / "tables").glob("*.csv"))
-    assert "sft-trajectory.csv" in tables and "uv-merge.csv" in tables
+    tables = ["sft-trajectory", "rl-recovery"]
+    run_snakemake(tmp_path, "--cores", "2", *[f"results/test/tables/{name}.md" for name in tables])
+    again = tmp_path / "results" / "test"
     for name in tables:
-        again = tmp_path / "results" / "test" / "tables" / name
-        assert again.read_text() == (res / "tables" / name).read_text(), name
+        assert (again / "tables" / f"{name}.csv").read_text() == (res / "tables" / f"{name}.csv").read_text(), name
+    models = sorted(p.name for p in (again / "models").iterdir())
+    assert models == ["base", "ppo-4", "ppo-8", "sft-4", "sft-8"], models
+    for model in models:
+        weights = (again / "models" / model / "model.safetensors").read_bytes()
+        assert weights == (res / "models" / model / "model.safetensors").read_bytes(), model
+        for split in ("id", "ood"):  # every answer of every attempt
+            records = pl.read_parquet(again / "eval" / model / f"{split}.parquet")
+            assert records.equals(pl.read_parquet(res / "eval" / model / f"{split}.parquet")), (model, split)
 
 
 @pytest.mark.slow
