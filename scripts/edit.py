@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from sftrl.edits import edit_checkpoint, layer_reset
-from sftrl.evaluate import evaluate_to_files
+from sftrl.evaluate import evaluate_for_job
 from sftrl.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -33,17 +33,7 @@ with job_log(sm.log[0], sm.threads):
                 svd_donor=sm.input.get("svd_donor"),
             )
         print(report)
-        splits = sm.params.splits
-        evaluate_to_files(
-            out,
-            edit["name"],
-            dict(zip(splits, sm.input.hands, strict=True)),
-            {s: p for s, p in zip(splits, zip(sm.output.records, sm.output.summaries, strict=True), strict=True)},
-            sm.params.eval,
-            sm.config["eval"]["batch_size"],
-            sm.params.template,
-            sm.params.dtype,
-        )
+        evaluate_for_job(sm, out, edit["name"])
     finally:
         if "model" not in sm.output.keys():
             shutil.rmtree(out, ignore_errors=True)

@@ -305,3 +305,21 @@ def evaluate_to_files(
         write_parquet(records, records_path)
         write_text(json.dumps(summary, indent=2) + "\n", summary_path)
         print(json.dumps(summary, indent=2))
+
+
+def evaluate_for_job(job, model_dir: str | os.PathLike, name: str) -> None:
+    """:func:`evaluate_to_files` for a workflow job (the ``snakemake`` object of the ``evaluate`` and
+    ``edit`` rules): hands from ``input.hands``, outputs ``output.records``/``output.summaries``
+    (one per split of ``params.splits``), settings from ``params.eval``, ``params.template`` and
+    ``params.dtype``, the run-only ``eval.batch_size`` from the config."""
+    splits = job.params.splits
+    evaluate_to_files(
+        model_dir,
+        name,
+        dict(zip(splits, job.input.hands, strict=True)),
+        dict(zip(splits, zip(job.output.records, job.output.summaries, strict=True), strict=True)),
+        job.params.eval,
+        job.config["eval"]["batch_size"],
+        job.params.template,
+        job.params.dtype,
+    )
