@@ -46,6 +46,11 @@ def test_every_key_of_the_default_config_is_commented():
         (lambda c: c["model"].update(source="local", path=None), "model.path"),
         # cross-field: global batch not a multiple of the device batch
         (lambda c: c["sft"].update(batch_size=64, per_device_batch_size=48), "sft.batch_size"),
+        # threads: a number or the one word
+        (
+            lambda c: c.__setitem__("threads", "cpu"),
+            "threads: 'cpu' is not allowed here: expected an integer (at least 1 and at most 1024) or 'cpus'",
+        ),  # fmt: skip
     ],
 )
 def test_bad_configs_name_the_key(mutate, expected):
