@@ -50,7 +50,7 @@ def test_every_key_of_the_default_config_is_commented():
         (
             lambda c: c.__setitem__("threads", "cpu"),
             "threads: 'cpu' is not allowed here: expected an integer (at least 1 and at most 1024) or 'cpus'",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_configs_name_the_key(mutate, expected):
