@@ -272,54 +272,31 @@ def evaluate_model(
     return results
 
 
-def evaluate_to_files(
-    model_dir: str | os.PathLike,
-    name: str,
-    hand_paths: dict[str, str | os.PathLike],
-    outputs: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
-    eval_cfg: dict,
-    batch_size: int,
-    template: str,
-    dtype: str = "auto",
-) -> None:
-    """What an evaluation job writes: play ``model_dir`` on the hands of each split
-    (``hand_paths``) with the ``eval`` settings ``eval_cfg`` and write each split's records
-    (parquet) and summary (JSON, the model named ``name``) to ``outputs[split]``, atomically.
-    ``batch_size`` is the run-only ``eval.batch_size``. Used by the ``evaluate`` rule and by the
-    ``edit`` rule, which evaluates the model it edits."""
+def evaluate_for_job(job, model_dir: str | os.PathLike, name: str) -> None:
+    """What an evaluation job writes (the ``evaluate`` rule, and the ``edit`` rule for the model it
+    edits; ``job`` is the ``snakemake`` object): ``model_dir`` played on the hands of each split of
+    ``params.splits`` (``input.hands``) with the ``eval`` settings ``params.eval`` (the run-only
+    ``eval.batch_size`` from the config), ``params.template`` and ``params.dtype``; each split's
+    records (parquet) and summary (JSON, the model named ``name``) written atomically to
+    ``output.records`` and ``output.summaries``."""
     import json
 
     from sftrl.atomic import write_parquet, write_text
 
+    e, splits = job.params.eval, job.params.splits
     settings = GenerationSettings(
-        max_new_tokens=eval_cfg["max_new_tokens"],
-        batch_size=batch_size,
-        decoding=eval_cfg["decoding"],
-        seed=eval_cfg["seed"],
+        max_new_tokens=e["max_new_tokens"],
+        batch_size=job.config["eval"]["batch_size"],
+        decoding=e["decoding"],
+        seed=e["seed"],
     )
-    hands = {split: pl.read_parquet(path) for split, path in hand_paths.items()}
-    results = evaluate_model(model_dir, hands, template, eval_cfg["turns"], settings, eval_cfg["arithmetic"], dtype)
-    for split, (records, summary) in results.items():
-        records_path, summary_path = outputs[split]
+    hands = {split: pl.read_parquet(path) for split, path in zip(splits, job.input.hands, strict=True)}
+    results = evaluate_model(model_dir, hands, job.params.template, e["turns"], settings, e["arithmetic"],
+                             job.params.dtype)  # fmt: skip
+    for (split, (records, summary)), records_path, summary_path in zip(
+        results.items(), job.output.records, job.output.summaries, strict=True
+    ):
         summary = {"model": name, "split": split, **summary}
         write_parquet(records, records_path)
         write_text(json.dumps(summary, indent=2) + "\n", summary_path)
         print(json.dumps(summary, indent=2))
-
-
-def evaluate_for_job(job, model_dir: str | os.PathLike, name: str) -> None:
-    """:func:`evaluate_to_files` for a workflow job (the ``snakemake`` object of the ``evaluate`` and
-    ``edit`` rules): hands from ``input.hands``, outputs ``output.records``/``output.summaries``
-    (one per split of ``params.splits``), settings from ``params.eval``, ``params.template`` and
-    ``params.dtype``, the run-only ``eval.batch_size`` from the config."""
-    splits = job.params.splits
-    evaluate_to_files(
-        model_dir,
-        name,
-        dict(zip(splits, job.input.hands, strict=True)),
-        dict(zip(splits, zip(job.output.records, job.output.summaries, strict=True), strict=True)),
-        job.params.eval,
-        job.config["eval"]["batch_size"],
-        job.params.template,
-        job.params.dtype,
-    )
