@@ -60,12 +60,12 @@ rule all_data:
 
 rule all_sft:
     input:
-        expand(R("models/{model}"), model=study.sft_models(config)),
+        [model_dir(m, seed) for seed in SEEDS for m in study.sft_models(config)],
 
 
 rule all_rl:
     input:
-        expand(R("models/{model}"), model=study.rl_models(config)),
+        [model_dir(m, seed) for seed in SEEDS for m in study.rl_models(config)],
 
 
 # The RL sweep that chose the RL settings (rl_sweep in the config): tables/rl-sweep.md.

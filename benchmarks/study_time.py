@@ -29,20 +29,29 @@ LINE = re.compile(r"job: timing: imports ([\d.]+) s \(([\d.]+) s before the job'
 
 def read(results: Path) -> list[dict]:
     """One row per job log with a timing line: stage, job, imports, work and (where there is a
-    benchmark record) wall seconds."""
+    benchmark record) wall seconds. The shared jobs' logs (``logs/``) and every replicate's
+    (``seed-<n>/logs/``); a replicate's job is named ``<job>@seed-<n>``."""
     rows = []
-    for log in sorted((results / "logs").rglob("*.log")):
+    scopes = [results, *sorted(p for p in results.glob("seed-*") if p.is_dir())]
+    for scope in scopes:
+        rows += _read_scope(scope, "" if scope == results else f"@{scope.name}")
+    return rows
+
+
+def _read_scope(scope: Path, suffix: str) -> list[dict]:
+    rows = []
+    for log in sorted((scope / "logs").rglob("*.log")):
         found = LINE.findall(log.read_text(errors="replace"))
         if not found:
             continue
         imports, _, _, work = map(float, found[-1])
         stage = log.parent.name
-        record = results / "benchmarks" / stage / f"{log.stem}.tsv"  # logs/<stage>/ and benchmarks/<stage>/
+        record = scope / "benchmarks" / stage / f"{log.stem}.tsv"  # logs/<stage>/ and benchmarks/<stage>/
         wall = None
         if record.is_file():
             lines = record.read_text().splitlines()
             wall = float(lines[-1].split("\t")[0]) if len(lines) > 1 else None
-        rows.append({"stage": stage, "job": log.stem, "imports": imports, "work": work, "wall": wall})
+        rows.append({"stage": stage, "job": log.stem + suffix, "imports": imports, "work": work, "wall": wall})
     return rows
 
 

@@ -1,15 +1,16 @@
-# The base model: pretrained here for the tiny study, the local weights for paper studies.
+# The base model: pretrained here for the tiny study (one per replicate, seed-<n>/models/base), the
+# local weights for paper studies (one for every replicate, models/base).
 
 
 rule base:
     input:
         unpack(base_inputs),
     output:
-        directory(R("models/base")),
+        directory(BASE("models/base")),
     log:
-        R("logs/base/base.log"),
+        BASE("logs/base/base.log"),
     benchmark:
-        R("benchmarks/base/base.tsv")
+        BASE("benchmarks/base/base.tsv")
     conda:
         "../envs/training.yaml"
     threads: cpu_threads("base")
@@ -17,8 +18,8 @@ rule base:
         **res("base"),
     params:
         code=code("base.py"),
-        model=config["model"],
-        train=config.get("base"),
-        metrics=R("logs/base/metrics.jsonl"),
+        model=base_model_settings,
+        train=base_train_settings,
+        metrics=BASE("logs/base/metrics.jsonl"),
     script:
         "../scripts/base.py"

@@ -7,12 +7,12 @@ rule edit:
         hands=expand(R("data/eval-{split}.parquet"), split=SPLITS),
     output:
         **edited_model(),
-        records=[R(f"eval/{EDITED}/{split}.parquet") for split in SPLITS],
-        summaries=[R(f"eval/{EDITED}/{split}.json") for split in SPLITS],
+        records=[S(f"eval/{EDITED}/{split}.parquet") for split in SPLITS],
+        summaries=[S(f"eval/{EDITED}/{split}.json") for split in SPLITS],
     log:
-        R(f"logs/edits/{EDITED}.log"),
+        S(f"logs/edits/{EDITED}.log"),
     benchmark:
-        R(f"benchmarks/edits/{EDITED}.tsv")
+        S(f"benchmarks/edits/{EDITED}.tsv")
     conda:
         "../envs/training.yaml"
     threads: cpu_threads("edit")
@@ -25,7 +25,7 @@ rule edit:
         edit=lambda wc: study.edit_job(
             f"{wc.method}-{wc.donor}-into-{wc.target}-{wc.param}", DEPTH
         ),
-        work=R(f"train/edits/{EDITED}"),
+        work=S(f"train/edits/{EDITED}"),
         splits=SPLITS,
         eval=results_settings("eval"),
         template=config["model"]["template"],
@@ -40,21 +40,23 @@ ruleorder: edit > evaluate
 
 rule table_edits:
     input:
-        edits=edit_eval_targets,
-        donor_target=lambda wc: expand(
-            R("eval/{model}/{split}.json"),
-            model=sorted(
-                {study.donor_model(config, peak_model), *study.study_models(config)}
+        edits=lambda wc: seed_edit_targets(wc.seed),
+        donor_target=lambda wc: evals(
+            sorted(
+                {
+                    study.donor_model(config, peak_of(wc.seed)),
+                    *study.study_models(config),
+                }
             ),
-            split=SPLITS,
+            wc.seed,
         ),
     output:
-        uv_csv=R("tables/uv-merge.csv"),
-        uv_md=R("tables/uv-merge.md"),
-        layer_csv=R("tables/layer-reset.csv"),
-        layer_md=R("tables/layer-reset.md"),
+        uv_csv=S("tables/uv-merge.csv"),
+        uv_md=S("tables/uv-merge.md"),
+        layer_csv=S("tables/layer-reset.csv"),
+        layer_md=S("tables/layer-reset.md"),
     log:
-        R("logs/tables/edits.log"),
+        S("logs/tables/edits.log"),
     conda:
         "../envs/analysis.yaml"
     resources:

@@ -48,6 +48,7 @@ rule table_benchmarks:
         **res("tables"),
     params:
         code=code("table_benchmarks.py"),
+        seeds=SEEDS,  # whose records: a removed seed's directory stays on disk, out of the table
     script:
         "../scripts/table_benchmarks.py"
 

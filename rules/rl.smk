@@ -5,15 +5,15 @@
 
 rule rl:
     input:
-        model=R("models/sft-{start}"),
+        model=S("models/sft-{start}"),
         data=R("data/rl.parquet"),
     output:
-        model=directory(R(f"models/{RL_ALGORITHM}-{{start}}")),
-        metrics=R(f"logs/{RL_ALGORITHM}-{{start}}/metrics.jsonl"),
+        model=directory(S(f"models/{RL_ALGORITHM}-{{start}}")),
+        metrics=S(f"logs/{RL_ALGORITHM}-{{start}}/metrics.jsonl"),
     log:
-        R(f"logs/rl/{RL_ALGORITHM}-{{start}}.log"),
+        S(f"logs/rl/{RL_ALGORITHM}-{{start}}.log"),
     benchmark:
-        R(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}.tsv")
+        S(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}.tsv")
     priority: 1  # the longest jobs: started before the short ones queued beside them
     conda:
         "../envs/training.yaml"
@@ -25,7 +25,12 @@ rule rl:
         rl=rl_hparams,
         template=config["model"]["template"],
         dtype=config["model"]["dtype"],
-        work=lambda wc: R(f"train/{RL_ALGORITHM}-" + "-".join(wc)),  # <algorithm>-<start>[-<variant>]
+        # <algorithm>-<start>[-<variant>]
+        work=lambda wc: at_seed(
+            wc.seed,
+            f"train/{RL_ALGORITHM}-"
+            + "-".join(v for k, v in wc.items() if k != "seed"),
+        ),
     script:
         "../scripts/rl.py"
 
@@ -35,34 +40,30 @@ rule rl:
 # Its params are rl's: rl_hparams adds the variant's overrides, the work directory follows the output.
 use rule rl as rl_variant with:
     output:
-        model=directory(R(f"models/{RL_ALGORITHM}-{{start}}-{{variant}}")),
-        metrics=R(f"logs/{RL_ALGORITHM}-{{start}}-{{variant}}/metrics.jsonl"),
+        model=directory(S(f"models/{RL_ALGORITHM}-{{start}}-{{variant}}")),
+        metrics=S(f"logs/{RL_ALGORITHM}-{{start}}-{{variant}}/metrics.jsonl"),
     log:
-        R(f"logs/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.log"),
+        S(f"logs/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.log"),
     benchmark:
-        R(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.tsv")
+        S(f"benchmarks/rl/{RL_ALGORITHM}-{{start}}-{{variant}}.tsv")
 
 
 rule table_rl_sweep:
     input:
-        sft=expand(
-            R("eval/sft-{step}/{split}.json"),
-            step=study.rl_sweep_steps(config),
-            split=SPLITS,
+        sft=lambda wc: evals(
+            [f"sft-{s}" for s in study.rl_sweep_steps(config)], wc.seed
         ),
-        rl=expand(
-            R("eval/{model}/{split}.json"),
-            model=study.rl_sweep_models(config),
-            split=SPLITS,
-        ),
+        rl=lambda wc: evals(study.rl_sweep_models(config), wc.seed),
         metrics=expand(
-            R("logs/{model}/metrics.jsonl"), model=study.rl_sweep_models(config)
+            S("logs/{model}/metrics.jsonl"),
+            model=study.rl_sweep_models(config),
+            allow_missing=True,
         ),
     output:
-        csv=R("tables/rl-sweep.csv"),
-        md=R("tables/rl-sweep.md"),
+        csv=S("tables/rl-sweep.csv"),
+        md=S("tables/rl-sweep.md"),
     log:
-        R("logs/tables/rl-sweep.log"),
+        S("logs/tables/rl-sweep.log"),
     conda:
         "../envs/analysis.yaml"
     resources:
@@ -76,19 +77,13 @@ rule table_rl_sweep:
 
 rule table_rl_recovery:
     input:
-        sft=expand(
-            R("eval/{model}/{split}.json"),
-            model=study.sft_models(config),
-            split=SPLITS,
-        ),
-        rl=expand(
-            R("eval/{model}/{split}.json"), model=study.rl_models(config), split=SPLITS
-        ),
+        sft=lambda wc: evals(study.sft_models(config), wc.seed),
+        rl=lambda wc: evals(study.rl_models(config), wc.seed),
     output:
-        csv=R("tables/rl-recovery.csv"),
-        md=R("tables/rl-recovery.md"),
+        csv=S("tables/rl-recovery.csv"),
+        md=S("tables/rl-recovery.md"),
     log:
-        R("logs/tables/rl-recovery.log"),
+        S("logs/tables/rl-recovery.log"),
     conda:
         "../envs/analysis.yaml"
     resources:

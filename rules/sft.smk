@@ -3,20 +3,19 @@
 
 rule sft:
     input:
-        unpack(previous_state),
-        base=R("models/base"),
+        unpack(sft_inputs),
         data=R("data/sft.parquet"),
     output:
-        model=directory(R("models/sft-{step}")),
+        model=directory(S("models/sft-{step}")),
         state=(
-            directory(R("train/sft/state-{step}"))
+            directory(S("train/sft/state-{step}"))
             if config["sft"]["keep_state"]
-            else temp(directory(R("train/sft/state-{step}")))
+            else temp(directory(S("train/sft/state-{step}")))
         ),
     log:
-        R("logs/sft/sft-{step}.log"),
+        S("logs/sft/sft-{step}.log"),
     benchmark:
-        R("benchmarks/sft/sft-{step}.tsv")
+        S("benchmarks/sft/sft-{step}.tsv")
     # The segments are the study's longest chain (base -> sft-... -> the last RL run): a free core
     # takes the next segment before any evaluation, SVD or edit waiting beside it.
     priority: 2
@@ -27,10 +26,10 @@ rule sft:
         **res("sft"),
     params:
         code=code("sft.py", "sftrl.sft"),
-        hp=sft_hparams(),
+        hp=sft_hparams,
         dtype=config["model"]["dtype"],
         template=config["model"]["template"],
-        work=lambda wc: R(f"train/sft/work-{wc.step}"),
-        metrics=lambda wc: R(f"logs/sft/sft-{wc.step}.metrics.jsonl"),
+        work=lambda wc: at_seed(wc.seed, f"train/sft/work-{wc.step}"),
+        metrics=lambda wc: at_seed(wc.seed, f"logs/sft/sft-{wc.step}.metrics.jsonl"),
     script:
         "../scripts/sft.py"

@@ -1,13 +1,13 @@
-# Spectral diagnostics: one SVD per model, reused by every comparison and edit.
+# Spectral diagnostics: one SVD per model, reused by every comparison and edit (per replicate).
 
 
 checkpoint peak_ood:
     input:
-        expand(R("eval/{model}/ood.json"), model=study.sft_models(config)),
+        lambda wc: evals(study.sft_models(config), wc.seed, ["ood"]),
     output:
-        R("eval/peak-ood.json"),
+        S("eval/peak-ood.json"),
     log:
-        R("logs/tables/peak-ood.log"),
+        S("logs/tables/peak-ood.log"),
     conda:
         "../envs/analysis.yaml"
     resources:
@@ -20,13 +20,13 @@ checkpoint peak_ood:
 
 rule svd:
     input:
-        R("models/{model}"),
+        S("models/{model}"),
     output:
-        R("svd/{model}.safetensors"),
+        S("svd/{model}.safetensors"),
     log:
-        R("logs/svd/{model}.log"),
+        S("logs/svd/{model}.log"),
     benchmark:
-        R("benchmarks/svd/{model}.tsv")
+        S("benchmarks/svd/{model}.tsv")
     conda:
         "../envs/training.yaml"
     threads: cpu_threads("svd")
@@ -40,16 +40,32 @@ rule svd:
         "../scripts/svd.py"
 
 
+# Local weights: the base is every replicate's, decomposed once (svd/base.safetensors).
+if SHARED_BASE:
+
+    use rule svd as svd_base with:
+        input:
+            R("models/{model}"),
+        output:
+            R("svd/{model}.safetensors"),
+        log:
+            R("logs/svd/{model}.log"),
+        benchmark:
+            R("benchmarks/svd/{model}.tsv")
+        wildcard_constraints:
+            model="base",
+
+
 rule spectrum:
     input:
         unpack(svd_inputs),
     output:
-        summary=R("spectrum/{a}--{b}.parquet"),
-        index=R("spectrum/{a}--{b}.index.parquet"),
+        summary=S("spectrum/{a}--{b}.parquet"),
+        index=S("spectrum/{a}--{b}.index.parquet"),
     log:
-        R("logs/spectrum/{a}--{b}.log"),
+        S("logs/spectrum/{a}--{b}.log"),
     benchmark:
-        R("benchmarks/spectrum/{a}--{b}.tsv")
+        S("benchmarks/spectrum/{a}--{b}.tsv")
     conda:
         "../envs/training.yaml"
     threads: cpu_threads("spectrum")
@@ -66,12 +82,12 @@ rule spectrum:
 
 rule table_spectrum:
     input:
-        spectrum_targets,
+        lambda wc: seed_spectrum_targets(wc.seed),
     output:
-        csv=R("tables/spectrum.csv"),
-        md=R("tables/spectrum.md"),
+        csv=S("tables/spectrum.csv"),
+        md=S("tables/spectrum.md"),
     log:
-        R("logs/tables/spectrum.log"),
+        S("logs/tables/spectrum.log"),
     conda:
         "../envs/analysis.yaml"
     resources:

@@ -15,8 +15,8 @@ def table(name):
 with job_log(sm.log[0]):
     name = sm.wildcards.plot
     charts = {
-        "sft-trajectory": lambda: plots.sft_trajectory(table("trajectory"), table("rl")),
-        "rl-recovery": lambda: plots.rl_recovery(table("rl")),
+        "sft-trajectory": lambda: plots.sft_trajectory(table("trajectory"), table("rl"), table("trajectory_seeds")),
+        "rl-recovery": lambda: plots.rl_recovery(table("rl"), table("rl_seeds")),
         "stages": lambda: plots.stages(table("stages")),
         "sigma-change": lambda: plots.sigma_change(table("profile")),
         "principal-angles": lambda: plots.principal_angles(table("profile"), table("summary")),

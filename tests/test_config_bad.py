@@ -168,6 +168,12 @@ CASES = [
     (_set("edits.uv_merge", [[0.00001, 0.0]]), "edits.uv_merge[0]"),
     (_set("edits.sigma_swap", [[0.1, 0.0], [0.1000001, 0.0]]), "edits.sigma_swap[1]"),
     (_drop("spectrum"), "spectrum"),
+    (_set("seeds", [0, 0]), "seeds"),
+    (_set("seeds", []), "seeds"),
+    (_set("seeds", [-1]), "seeds[0]"),
+    (_set("seeds", [0, 10000]), "seeds[1]"),
+    (_set("seeds", 3), "seeds"),
+    (_set("seeds", ["a"]), "seeds[0]"),
     (_set("model.tiny.num_heads", 3), "model.tiny.num_heads"),
     (_set("model.tiny.num_heads", 128), "model.tiny.num_heads"),  # 1 channel per head: RoPE needs 2
     (_set("model.tiny.max_position_embeddings", 4), "model.tiny.max_position_embeddings"),

@@ -343,23 +343,23 @@ def test_each_rule_runs_without_what_its_env_lacks(reduced_study, tmp_path):
     log = tmp_path / "blocked.log"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SFTRL_BLOCKED": json.dumps(blocked),
            "SFTRL_BLOCK_LOG": str(log)}  # fmt: skip
-    res = "results/test"
-    donor = json.loads((work / res / "eval" / "peak-ood.json").read_text())["model"]
-    cheap = [f"{res}/eval/base/id.json", f"{res}/svd/base.safetensors", f"{res}/spectrum/base--sft-4.parquet",
-             f"{res}/eval/layerreset-{donor}-into-sft-8-layers0-0.5/id.json"]  # fmt: skip
+    res, one = "results/test", "results/test/seed-0"  # the study's, and its one replicate's
+    donor = json.loads((work / one / "eval" / "peak-ood.json").read_text())["model"]
+    cheap = [f"{one}/eval/base/id.json", f"{one}/svd/base.safetensors", f"{one}/spectrum/base--sft-4.parquet",
+             f"{one}/eval/layerreset-{donor}-into-sft-8-layers0-0.5/id.json"]  # fmt: skip
     # One job of each rule, forced by its output file (forcing a rule by name would rerun every job
     # of it that the targets need: every evaluation, edit and spectrum of the study).
     plot = sorted((work / res / "plots").glob("*.html"))[0].stem
     page = sorted((work / res / "report" / "tables").glob("*.html"))[0].name
-    tables = [f"{res}/tables/{name}" for name in ("sft-trajectory.md", "rl-recovery.md", "stages.md", "spectrum.md",
-                                                  "spectrum-profile.csv", "uv-merge.md")]  # fmt: skip
-    summaries = [f"{res}/eval/peak-ood.json", *tables, f"{res}/benchmarks/summary.md", f"{res}/plots/{plot}.html",
+    tables = [f"{d}/tables/{name}" for d in (res, one) for name in ("sft-trajectory.md", "rl-recovery.md",
+              "stages.md", "spectrum.md", "spectrum-profile.csv", "uv-merge.md")]  # fmt: skip
+    summaries = [f"{one}/eval/peak-ood.json", *tables, f"{res}/tables/findings.md", f"{res}/benchmarks/summary.md", f"{res}/plots/{plot}.html",
                  f"{res}/report/tables/{page}", *cheap]  # fmt: skip
     runs = [
         # tables, a plot and a report page (after the checkpoint peak_ood) and the cheap model rules
         (summaries, summaries),
         # training: the base, the first SFT segment and its PPO run (nothing after them is a target)
-        ([f"{res}/models/base", f"{res}/models/sft-4", f"{res}/models/ppo-4"], ["base", "sft", "rl"]),
+        ([f"{one}/models/base", f"{one}/models/sft-4", f"{one}/models/ppo-4"], ["base", "sft", "rl"]),
         # the data last (every model is older than the data after it)
         ([f"{res}/data/{n}.parquet" for n in ("sft", "rl", "eval-id", "eval-ood", "pretrain")],
          ["data_sft", "data_rl", "data_eval", "data_pretrain"]),

@@ -265,7 +265,9 @@ def test_rules_that_train_evaluate_or_decompose_have_benchmarks():
     blocks = {rule: body for rule, (_, body) in rule_blocks().items()}
     blocks["rl_variant"] = (ROOT / "rules" / "rl.smk").read_text().split("use rule rl as rl_variant with:")[1]
     for rule in ("base", "sft", "rl", "rl_variant", "evaluate", "svd", "spectrum", "edit"):
-        assert re.search(r'(?m)^    benchmark:\n\s+R\(f?"benchmarks/\w+/', blocks[rule]), f"rule {rule}: no benchmark:"
+        assert re.search(r'(?m)^    benchmark:\n\s+(?:S|BASE)\(f?"benchmarks/\w+/', blocks[rule]), (
+            f"rule {rule}: no benchmark:"
+        )
 
 
 @pytest.mark.slow
@@ -273,12 +275,13 @@ def test_the_benchmark_table_lists_every_benchmarked_job(reduced_study):
     import polars as pl
 
     results = reduced_study / "results" / "test"
-    records = sorted((results / "benchmarks").glob("*/*.tsv"))
+    records = sorted((results / "seed-0" / "benchmarks").glob("*/*.tsv"))  # every job is the replicate's
+    assert not list((results / "benchmarks").glob("*/*.tsv"))  # (a tiny base is one per replicate)
     table = pl.read_csv(results / "benchmarks" / "summary.csv")
-    assert table.height == len(records) > 10
+    assert table.height == len(records) > 10 and set(table["seed"]) == {0}
     assert {"base", "sft", "rl", "evaluate", "svd", "spectrum", "edits"} == set(table["stage"])
     assert (table["seconds"] > 0).all() and (table["max_rss_mb"] > 0).all()
-    assert "| sft | sft-4 |" in (results / "benchmarks" / "summary.md").read_text()
+    assert "| sft | sft-4 | 0 |" in (results / "benchmarks" / "summary.md").read_text()
     page = (results / "report" / "tables" / "benchmarks.html").read_text()
     assert "<table>" in page and "sft-8" in page
 

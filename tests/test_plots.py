@@ -196,6 +196,30 @@ def test_rl_recovery_spec_has_the_peak_rule(frames):
     assert "19.0%" in text["encoding"]["text"]["value"]
 
 
+def _two_seeds(df: pl.DataFrame, keys) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``df`` as seed 0 and, 5 points lower on every accuracy, seed 1: (combined, seed-level)."""
+    lower = df.with_columns(pl.col(c) - 0.05 for c in df.columns if c.endswith("accuracy"))
+    return tables.combine_seeds({0: df, 1: lower}, keys)
+
+
+def test_seed_lines_are_drawn_faintly_behind_the_means(frames):
+    traj, traj_seeds = _two_seeds(frames["traj"], ("model", "step"))
+    rl, rl_seeds = _two_seeds(frames["rl"], ("step", "rl_model", "sft_model"))
+    for spec in (plots.sft_trajectory(traj, rl, traj_seeds).to_dict(), plots.rl_recovery(rl, rl_seeds).to_dict()):
+        lines = _by_mark(spec, "line")
+        (faint,) = [line for line in lines if isinstance(line["mark"], dict) and "opacity" in line["mark"]]
+        assert len(lines) == 2 and faint["mark"]["opacity"] < 1 and faint["encoding"]["detail"]["field"] == "seed"
+        assert "mean of 2 seeds" in str(spec["title"])
+        seeds = {r["seed"] for r in spec["datasets"][faint["data"]["name"]]}
+        assert seeds == {0, 1}
+    rows = _data(plots.sft_trajectory(traj, rl, traj_seeds).to_dict())
+    base = next(r for r in rows if r["model"] == "base" and r["split"] == "OOD" and r["stage"] == "SFT checkpoint")
+    assert base["accuracy"] == pytest.approx(22.5)  # the mean of the two seeds, in percent
+    # one seed: no faint lines, the chart as before
+    one = plots.sft_trajectory(frames["traj"], frames["rl"], tables.combine_seeds({0: frames["traj"]}, ("model",))[1])
+    assert len(_by_mark(one.to_dict(), "line")) == 1
+
+
 def test_stages_spec(frames):
     spec = plots.stages(frames["stages"]).to_dict()
     (bar,) = _by_mark(spec, "bar")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced_config
+from conftest import ROOT, reduced_config, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_changing_an_edit_sweep_value_reruns_only_that_edit_and_what_reads_it(re
     cfg["edits"]["uv_merge"][0] = [0.3, 0.0]
     jobs = planned_jobs(reduced_study, cfg)
     # one job edits and evaluates (rules/edits.smk)
-    assert own_jobs(jobs) == [("edit", "method=uvmerge, donor=sft-4, target=sft-8, param=top0.3")]
+    assert own_jobs(jobs) == [("edit", "seed=0, method=uvmerge, donor=sft-4, target=sft-8, param=top0.3")]
     assert "table_edits" in rules_of(jobs)
     assert not rules_of(jobs) & {"table_sft_trajectory", "table_rl_recovery", "table_spectrum"}
 
@@ -76,12 +76,12 @@ def test_adding_an_sft_checkpoint_past_the_last_adds_only_its_own_jobs(reduced_s
     cfg = reduced_config()
     cfg["sft"]["checkpoints"] = [*cfg["sft"]["checkpoints"], cfg["sft"]["max_steps"]]  # 4, 8, 12
     jobs = planned_jobs(reduced_study, cfg)
-    assert ("sft", "step=12") in jobs and ("evaluate", "model=sft-12") in jobs
+    assert ("sft", "seed=0, step=12") in jobs and ("evaluate", "seed=0, model=sft-12") in jobs
     # every job but the summaries is about the new checkpoint: its segment, evaluation, RL run,
     # SVDs and spectra (the last checkpoint is also the edits' target, so the sweep moves to it)
     for rule, wildcards in own_jobs(jobs):
         assert re.search(r"(sft|ppo)-12\b|(step|start)=12\b", wildcards), (rule, wildcards)
-    assert ("sft", "step=4") not in jobs and ("sft", "step=8") not in jobs
+    assert ("sft", "seed=0, step=4") not in jobs and ("sft", "seed=0, step=8") not in jobs
 
 
 def test_inserting_an_sft_checkpoint_reruns_the_later_segments(reduced_study):
@@ -89,8 +89,8 @@ def test_inserting_an_sft_checkpoint_reruns_the_later_segments(reduced_study):
     cfg["sft"]["checkpoints"] = [4, 6, 8]
     jobs = planned_jobs(reduced_study, cfg)
     # sft-8 now resumes from state-6 instead of state-4: same weights, but a changed input
-    assert {("sft", "step=6"), ("sft", "step=8")} <= set(jobs)
-    assert ("sft", "step=4") not in jobs and "base" not in rules_of(jobs)
+    assert {("sft", "seed=0, step=6"), ("sft", "seed=0, step=8")} <= set(jobs)
+    assert ("sft", "seed=0, step=4") not in jobs and "base" not in rules_of(jobs)
 
 
 @pytest.mark.parametrize("section", ["sft", "base"])
@@ -101,13 +101,13 @@ def test_changing_a_training_hyperparameter_reruns_training_and_after_not_before
     rules = rules_of(jobs)
     assert not {r for r in rules if r.startswith("data_")}
     steps = reduced_config()["sft"]["checkpoints"]
-    assert {("sft", f"step={s}") for s in steps} <= set(jobs)
-    assert {("evaluate", f"model=sft-{s}") for s in steps} <= set(jobs)
-    assert {("rl", f"start={s}") for s in steps} <= set(jobs)
+    assert {("sft", f"seed=0, step={s}") for s in steps} <= set(jobs)
+    assert {("evaluate", f"seed=0, model=sft-{s}") for s in steps} <= set(jobs)
+    assert {("rl", f"seed=0, start={s}") for s in steps} <= set(jobs)
     assert "table_sft_trajectory" in rules
     # (spectra and edits follow once the re-run `peak_ood` checkpoint has chosen the donor again,
     # so a dry-run cannot list them yet)
-    base_jobs = {("base", ""), ("evaluate", "model=base")}
+    base_jobs = {("base", "seed=0"), ("evaluate", "seed=0, model=base")}
     if section == "sft":
         assert not base_jobs & set(jobs)
     else:
@@ -141,8 +141,8 @@ def test_editing_the_ppo_module_reruns_the_rl_runs_and_what_reads_them_only(redu
         fh.write("\n# an edit of the PPO code\n")
     jobs = planned_jobs(reduced_study, reduced_config(), repo_copy)
     steps = reduced_config()["sft"]["checkpoints"]
-    assert {("rl", f"start={s}") for s in steps} <= set(jobs)
-    assert {("evaluate", f"model=ppo-{s}") for s in steps} <= set(jobs)
+    assert {("rl", f"seed=0, start={s}") for s in steps} <= set(jobs)
+    assert {("evaluate", f"seed=0, model=ppo-{s}") for s in steps} <= set(jobs)
     # everything else planned reads a PPO model (its evaluation, SVD, spectra, reverse edits)
     for rule, wildcards in own_jobs(jobs):
         assert rule == "rl" or "ppo-" in wildcards, (rule, wildcards)
@@ -154,8 +154,8 @@ def test_editing_a_script_reruns_its_rule_and_what_reads_it(reduced_study, repo_
     with open(repo_copy / "scripts" / "table_sft_trajectory.py", "a") as fh:
         fh.write("# an edit\n")
     jobs = planned_jobs(reduced_study, reduced_config(), repo_copy)
-    assert rules_of(jobs) <= {"table_sft_trajectory", "plot", "report_table", "table_benchmarks", "all"}
-    assert ("table_sft_trajectory", "") in jobs and ("plot", "plot=sft-trajectory") in jobs
+    assert rules_of(jobs) <= {"table_sft_trajectory", "table_seeds", "plot", "report_table", "table_benchmarks", "all"}
+    assert ("table_sft_trajectory", "seed=0") in jobs and ("plot", "plot=sft-trajectory") in jobs
 
 
 def test_run_only_settings_rerun_nothing(reduced_study):
@@ -170,3 +170,72 @@ def test_run_only_settings_rerun_nothing(reduced_study):
     cfg["resources"]["sft"] = {**cfg["resources"]["sft"], "mem_mb": 8000, "runtime": "2h", "qos": "long"}
     cfg["logging"] = {"report_to": "tensorboard"}
     assert planned_jobs(reduced_study, cfg) == []
+
+
+# --- seeds: replicates come and go without touching each other ----------------------------------
+
+# What combines the replicates: the tables across seeds, the plots and report pages drawn from
+# them, the job records, the aggregate target.
+ACROSS_SEEDS = {"table_seeds", "table_seeds_profile", "plot", "report_table", "table_benchmarks", "all"}
+
+
+def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables_across_seeds(reduced_study):
+    cfg = reduced_config()
+    cfg["seeds"] = [0, 1]
+    jobs = planned_jobs(reduced_study, cfg)
+    seeded = [(r, w) for r, w in jobs if r not in ACROSS_SEEDS]
+    assert {("base", "seed=1"), ("sft", "seed=1, step=4"), ("rl", "seed=1, start=8")} <= set(seeded)
+    assert all(w.startswith("seed=1") for _, w in seeded), seeded  # nothing of seed 0 again
+    assert not {r for r in rules_of(jobs) if r.startswith("data_")}  # the data are every seed's
+    assert ("table_seeds", "table=sft-trajectory") in jobs
+
+
+@pytest.fixture(scope="module")
+def two_seeds(reduced_study, tmp_path_factory) -> Path:
+    """The reduced study with a second seed added and run: only seed 1's jobs and the tables
+    across seeds ran (checked here, from the run's own job list)."""
+    work = tmp_path_factory.mktemp("two-seeds") / "study"
+    shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
+    cfg = reduced_config()
+    cfg["seeds"] = [0, 1]
+    write_config(work, cfg)
+    proc = run_snakemake(work, "--cores", "2")
+    out = proc.stdout + proc.stderr
+    ran = [(m.group(1), m.group("body")) for m in JOB.finditer(out)]
+    assert ran and not [r for r, body in ran if "seed=0" in body], [r for r, _ in ran]
+    return work
+
+
+def test_a_second_seed_gives_tables_with_intervals_over_seeds(two_seeds):
+    import polars as pl
+
+    res = two_seeds / "results" / "test"
+    combined = pl.read_csv(res / "tables" / "sft-trajectory.csv")
+    per_seed = [pl.read_csv(res / f"seed-{n}" / "tables" / "sft-trajectory.csv") for n in (0, 1)]
+    assert combined["model"].to_list() == per_seed[0]["model"].to_list() and set(combined["seeds"]) == {2}
+    for i, row in enumerate(combined.iter_rows(named=True)):
+        a, b = (t["ood_accuracy"][i] for t in per_seed)
+        assert row["ood_accuracy"] == pytest.approx((a + b) / 2)
+        assert row["ood_accuracy_by_seed"] == f"{float(a)!r} / {float(b)!r}"
+        half = 12.706 * abs(a - b) / 2  # t(0.975, 1) * sd / sqrt(2), sd = |a - b| / sqrt(2)
+        assert row["ood_ci_low"] == pytest.approx((a + b) / 2 - half) and row["ood_ci_high"] == pytest.approx(
+            (a + b) / 2 + half
+        )
+    seeds = pl.read_csv(res / "tables" / "sft-trajectory.seeds.csv")
+    assert seeds.height == 2 * combined.height and set(seeds["seed"]) == {0, 1}
+    md = (res / "tables" / "rl-recovery.md").read_text()
+    assert "ΔOOD mean [95% CI over seeds]" in md and "recovery % per seed" in md and "t-interval over seeds" in md
+    records = pl.read_csv(res / "benchmarks" / "summary.csv")
+    assert set(records["seed"]) == {0, 1}
+    chart = (res / "plots" / "sft-trajectory.html").read_text()
+    assert "mean of 2 seeds" in chart and '"detail"' in chart  # each seed drawn faintly
+
+
+def test_removing_a_seed_reruns_only_the_tables_across_seeds(two_seeds):
+    cfg = reduced_config()
+    cfg["seeds"] = [0, 1]
+    assert planned_jobs(two_seeds, cfg) == []
+    for kept in ([0], [1]):
+        cfg["seeds"] = kept
+        jobs = planned_jobs(two_seeds, cfg)
+        assert jobs and rules_of(jobs) <= ACROSS_SEEDS, sorted(rules_of(jobs) - ACROSS_SEEDS)

@@ -51,37 +51,41 @@ def test_the_rehearsal_runs_every_stage_to_the_report(rehearsal):
         assert (rehearsal / "tables" / f"{name}.md").is_file(), name
     models = ["base", *(f"sft-{s}" for s in cfg["sft"]["checkpoints"]), *(f"ppo-{s}" for s in cfg["rl"]["from"])]
     for model in models:
+        # local weights: one base (models/base, eval/base/) for every replicate; the rest per seed
+        where = rehearsal if model == "base" else rehearsal / "seed-0"
         for split in ("id", "ood"):
-            summary = json.loads((rehearsal / "eval" / model / f"{split}.json").read_text())
+            summary = json.loads((where / "eval" / model / f"{split}.json").read_text())
             assert summary["n"] == cfg["data"]["eval_size"]
             assert len(summary["solved_by_turn"]) == cfg["eval"]["turns"] == 5
     # spectra without stored factors: every comparison decomposed the checkpoints, no SVD file
-    assert not (rehearsal / "svd").exists() and len(list((rehearsal / "spectrum").glob("*.index.parquet"))) >= 4
+    assert (rehearsal / "models" / "base").is_dir() and not (rehearsal / "seed-0" / "models" / "base").exists()
+    one = rehearsal / "seed-0"
+    assert not (one / "svd").exists() and len(list((one / "spectrum").glob("*.index.parquet"))) >= 4
 
 
 def test_sft_lengths_come_from_the_study_not_the_tiny_model(rehearsal):
     """The paper prompt rendered through the chat template is ~300 tokens: more than the tiny
     model's 192 positions, so the old tiny-derived limit (64) would have cut every example."""
-    log = (rehearsal / "logs" / "sft" / "sft-2.log").read_text()
+    log = (rehearsal / "seed-0" / "logs" / "sft" / "sft-2.log").read_text()
     longest, limit = map(int, re.search(r"the longest is (\d+) tokens \(limit (\d+)\)", log).groups())
     assert limit == 512 and 192 < longest <= limit
     losses = [
         json.loads(line)["loss"]
-        for line in (rehearsal / "logs" / "sft" / "sft-4.metrics.jsonl").open()
+        for line in (rehearsal / "seed-0" / "logs" / "sft" / "sft-4.metrics.jsonl").open()
         if "loss" in json.loads(line)
     ]
     first = [
         json.loads(line)["loss"]
-        for line in (rehearsal / "logs" / "sft" / "sft-2.metrics.jsonl").open()
+        for line in (rehearsal / "seed-0" / "logs" / "sft" / "sft-2.metrics.jsonl").open()
         if "loss" in json.loads(line)
     ]
     assert losses[-1] < first[0]  # the loss falls along the two segments
 
 
 def test_rl_is_named_by_algorithm_and_scores_with_the_studys_arithmetic(rehearsal):
-    log = (rehearsal / "logs" / "rl" / "ppo-4.log").read_text()
+    log = (rehearsal / "seed-0" / "logs" / "rl" / "ppo-4.log").read_text()
     assert "arithmetic='float'" in log and "turns=5" in log
-    rows = [json.loads(line) for line in (rehearsal / "logs" / "ppo-4" / "metrics.jsonl").open()]
+    rows = [json.loads(line) for line in (rehearsal / "seed-0" / "logs" / "ppo-4" / "metrics.jsonl").open()]
     assert [r["update"] for r in rows] == [1, 2]
     assert all(r["charts/mean_turns"] <= 5 for r in rows)
 

@@ -16,7 +16,7 @@ from browser import open_page, require_chromium
 from conftest import run_snakemake
 
 PLOTS = ["sft-trajectory", "rl-recovery", "stages", "sigma-change", "principal-angles", "uv-merge", "layer-reset"]
-TABLES = ["sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"]
+TABLES = ["findings", "sft-trajectory", "rl-recovery", "stages", "spectrum", "uv-merge", "layer-reset", "benchmarks"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,7 +59,7 @@ def _report_results(report) -> dict:
 @pytest.mark.slow
 def test_stage_table_and_plots_of_the_reduced_study(study):
     results, _ = study
-    peak = json.loads((results / "eval" / "peak-ood.json").read_text())["model"]
+    peak = json.loads((results / "seed-0" / "eval" / "peak-ood.json").read_text())["model"]
     stages = pl.read_csv(results / "tables" / "stages.csv")
     assert stages["stage"].to_list() == ["Premax", "Moderate", "RL"]
     # Moderate = the edits' target (the last SFT checkpoint), RL from every checkpoint
@@ -89,7 +89,7 @@ def test_report_lists_every_plot_and_table_with_a_caption(study):
         assert entry["mime_type"] == ("image/svg+xml" if name.endswith(".svg") else "text/html")
     assert "Premax" in by_name["stages.html"]["caption"]
     text = report.read_text()
-    for category in ("1. SFT and RL", "2. Spectra", "3. Edits", "4. Jobs"):
+    for category in ("0. Findings", "1. SFT and RL", "2. Spectra", "3. Edits", "4. Jobs"):
         assert category in text
     assert "24-point card game" in text  # the workflow description
 

@@ -119,9 +119,9 @@ def test_paper_dry_run_plans_gpus_for_model_rules_only(paper, tmp_path):
     first = min(cfg["sft"]["checkpoints"])
     # `all` stops at the peak_ood checkpoint; name one SVD, comparison and edit explicitly.
     extra = [
-        f"results/{study}/svd/sft-{first}.safetensors",
-        f"results/{study}/spectrum/base--sft-{first}.parquet",
-        f"results/{study}/eval/uvmerge-sft-{first}-into-sft-{last}-top0.2/id.json",
+        f"results/{study}/seed-0/svd/sft-{first}.safetensors",
+        f"results/{study}/seed-0/spectrum/base--sft-{first}.parquet",
+        f"results/{study}/seed-0/eval/uvmerge-sft-{first}-into-sft-{last}-top0.2/id.json",
     ]
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     start = time.perf_counter()
@@ -325,7 +325,7 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path, mon
 
     # Each job's own log: it ran inside its SLURM job and saw the GPUs it was given.
     ids = {job_id for job_id, _ in submitted}
-    logs = sorted((tmp_path / "results" / "test" / "logs").rglob("*.log"))
+    logs = sorted((tmp_path / "results" / "test").rglob("logs/**/*.log"))
     assert len(logs) == planned["total"] - len(local), [p.name for p in logs]
     for log in logs:
         first = log.read_text().splitlines()[0]
@@ -338,7 +338,7 @@ def test_reduced_study_runs_as_slurm_jobs_with_gpus(slurm_cluster, tmp_path, mon
         else:
             assert env["CUDA_VISIBLE_DEVICES"] == "-", (log, first)
     assert "localrule all_data:" in out  # the aggregate target ran in Snakemake's own process
-    sft_log = (tmp_path / "results" / "test" / "logs" / "sft" / "sft-4.log").read_text()
+    sft_log = (tmp_path / "results" / "test" / "seed-0" / "logs" / "sft" / "sft-4.log").read_text()
     assert "launching:" in sft_log and "--nproc_per_node 2" in sft_log  # one process per GPU
     table = (tmp_path / "results" / "test" / "tables" / "sft-trajectory.md").read_text()
     assert "| sft-4 | 4 |" in table

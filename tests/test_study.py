@@ -125,6 +125,7 @@ def test_moderate_is_the_edits_target_when_rl_started_from_it(cfg):
 
 def test_the_registry_follows_the_config(cfg):
     assert study.table_names(cfg) == [
+        "findings",
         "sft-trajectory",
         "rl-recovery",
         "stages",
@@ -165,3 +166,22 @@ def test_model_step():
     ]
     with pytest.raises(ValueError):
         study.model_step("uvmerge-sft-1-into-sft-2-top0.2")
+
+
+def test_seeds_offset_every_training_seed_and_share_a_local_base(cfg):
+    assert study.seeds(cfg) == [0]  # the default study: one replicate, the configured run itself
+    cfg["seeds"] = [2, 0, 1]
+    assert study.seeds(cfg) == [0, 1, 2]
+    assert study.replicate(cfg["sft"], 2)["seed"] == cfg["sft"]["seed"] + 2
+    assert study.replicate(cfg["sft"], 0) == cfg["sft"] and study.replicate(None, 1) is None
+    assert cfg["sft"]["seed"] == 0  # a copy: the config is untouched
+    assert set(study.SEEDED) == {"model.tiny.seed", "base.seed", "sft.seed", "rl.seed"}
+    assert not study.shared_base(cfg)  # a tiny base is trained per replicate
+    cfg["model"]["source"] = "local"
+    assert study.shared_base(cfg)  # local weights are every replicate's
+
+
+def test_every_result_table_is_combined_across_seeds_but_the_job_records():
+    tables = {r.name for r in study.RESULTS if r.table}
+    assert set(study.SEEDED_RESULT) == (tables - {"benchmarks"}) | {"rl-sweep", "spectrum-profile"}
+    assert study.plot_tables(default_config(), "rl-recovery") == {"rl": "rl-recovery", "rl_seeds": "rl-recovery.seeds"}

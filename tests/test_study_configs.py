@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -236,3 +238,23 @@ def test_a_bad_model_path_is_a_configuration_error(tmp_path):
     cfg["model"]["path"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="model.path"):
         validate(cfg, base_dir=tmp_path)
+
+
+def _job_counts(out: str) -> dict[str, int]:
+    table = re.search(r"Job stats:\njob +count\n-+ +-+\n(.*?)\n\n", out, re.S).group(1)
+    return {rule: int(n) for rule, n in (line.split() for line in table.splitlines())}
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_three_seeds_of_a_paper_study_share_the_base_and_repeat_the_training(path, tmp_path):
+    """`--config 'seeds=[0,1,2]'` (README, Seeds): one base and its evaluation for every replicate,
+    every training and evaluation job once per seed; seeds need no resources of their own."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    configfile = paper_config(path, tmp_path)
+    one = _job_counts(run_snakemake(tmp_path, "-n", configfile=configfile).stdout)
+    three = _job_counts(run_snakemake(tmp_path, "-n", "--config", "seeds=[0,1,2]", configfile=configfile).stdout)
+    assert one["base"] == three["base"] == 1 and one["evaluate_base"] == three["evaluate_base"] == 1
+    for rule in ("sft", "rl", "evaluate", "peak_ood", "table_sft_trajectory"):
+        assert three[rule] == 3 * one[rule], rule
+    assert three["table_seeds"] == one["table_seeds"]  # the tables across seeds: one set
+    print(f"{path.stem}: {one['total']} jobs with one seed, {three['total']} with three (before peak_ood)")

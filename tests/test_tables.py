@@ -457,3 +457,189 @@ def test_rl_sweep_needs_the_start_summary(tmp_path):
     paths = [_summary(tmp_path, "ppo-50", s, 0.5) for s in ("id", "ood")]
     with pytest.raises(ValueError, match="sft-50"):
         tables.rl_sweep(tables.read_summaries(paths), {"ppo-50": _metrics([0.5] * 3)}, {})
+
+
+# --- across seeds (sftrl.tables.seeds) -------------------------------------------------------
+
+
+def _trajectory(tmp_path, seed, ood):
+    """The sft-trajectory table of one replicate whose OOD accuracies are ``ood`` (base, sft-5)."""
+    paths = [
+        _summary(tmp_path / f"seed{seed}", m, s, a)
+        for m, acc in zip(("base", "sft-5"), ood, strict=True)
+        for s, a in (("id", 0.5), ("ood", acc))
+    ]
+    return tables.sft_trajectory(tables.read_summaries(paths))
+
+
+@pytest.fixture
+def seed_dirs(tmp_path):
+    for seed in range(3):
+        (tmp_path / f"seed{seed}").mkdir()
+    return tmp_path
+
+
+def test_t_interval_matches_students_t():
+    stats = tables.t_interval([0.10, 0.20, 0.30])
+    assert stats["mean"] == pytest.approx(0.2) and stats["sd"] == pytest.approx(0.1) and stats["n"] == 3
+    half = 4.303 * 0.1 / 3**0.5  # t(0.975, 2) = 4.303
+    assert (stats["low"], stats["high"]) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert tables.t_interval([0.4, None]) == {"mean": 0.4, "sd": None, "n": 1, "low": None, "high": None}
+    assert tables.t_interval([])["mean"] is None
+
+
+def test_one_seed_gives_that_seeds_table_unchanged(seed_dirs):
+    one = _trajectory(seed_dirs, 0, (0.1, 0.3))
+    combined, by_seed = tables.combine_seeds({0: one}, keys=("model", "step"))
+    assert combined.equals(one) and not tables.is_combined(combined)
+    assert by_seed["seed"].to_list() == [0, 0] and by_seed.drop("seed").equals(one)
+    view, footnote = tables.table_view("sft-trajectory", combined)
+    assert (view, footnote) == tables.VIEWS["sft-trajectory"]
+
+
+def test_seeds_combine_into_means_intervals_and_each_seeds_value(seed_dirs):
+    frames = {s: _trajectory(seed_dirs, s, (0.1 + s / 10, 0.3)) for s in (2, 0, 1)}
+    combined, by_seed = tables.combine_seeds(frames, keys=("model", "step"))
+    assert combined["model"].to_list() == ["base", "sft-5"] and combined["seeds"].to_list() == [3, 3]
+    base = combined.row(0, named=True)
+    stats = tables.t_interval([0.1, 0.2, 0.3])
+    assert base["ood_accuracy"] == pytest.approx(0.2)
+    assert (base["ood_ci_low"], base["ood_ci_high"]) == (pytest.approx(stats["low"]), pytest.approx(stats["high"]))
+    assert base["ood_accuracy_sd"] == pytest.approx(0.1) and base["ood_accuracy_n"] == 3
+    assert base["ood_accuracy_by_seed"] == "0.1 / 0.2 / 0.30000000000000004"  # seed order, full precision
+    same = combined.row(1, named=True)  # every seed the same: a zero-width interval
+    assert same["ood_ci_low"] == pytest.approx(0.3) == same["ood_ci_high"]
+    assert by_seed["seed"].to_list() == [0, 1, 2, 0, 1, 2] and by_seed.height == 6
+    view, footnote = tables.table_view("sft-trajectory", combined)
+    headers, rows = tables.cells(combined, view)
+    assert "OOD acc % mean [95% CI over seeds]" in headers and headers[-1] == "seeds"
+    cell = rows[0][headers.index("OOD acc % per seed")]
+    assert cell == "10.0 / 20.0 / 30.0" and "t-interval over seeds" in footnote
+
+
+def test_seeds_keep_rows_by_their_keys_and_join_differing_text(tmp_path):
+    """A row is the same row in every seed by its keys; text that differs (the donor, the peak)
+    is joined in seed order, measures get their own interval columns, yes/no needs every seed."""
+
+    def edits(donor, recovery, reverse_ok):
+        return pl.DataFrame(
+            {
+                "name": [f"uvmerge-{donor}-into-sft-400-top0.2", "uvmerge-sft-50-into-ppo-50-top1"],
+                "method": ["uv-merge", "uv-merge"],
+                "donor": [donor, "sft-50"],
+                "target": ["sft-400", "ppo-50"],
+                "top": [0.2, 1.0],
+                "bottom": [0.0, 0.0],
+                "reverse": [False, True],
+                "ok": [True, reverse_ok],
+                "recovery_ood_pct": [recovery, None],
+            }
+        )
+
+    keys = study.RESULT["uv-merge"].keys
+    combined, _ = tables.combine_seeds(
+        {0: edits("sft-10", 40.0, True), 1: edits("sft-25", 20.0, False)}, keys, ("recovery_ood_pct",)
+    )
+    first, reverse = combined.iter_rows(named=True)
+    assert first["donor"] == "sft-10 / sft-25" and reverse["donor"] == "sft-50"
+    assert first["recovery_ood_pct"] == pytest.approx(30.0) and first["recovery_ood_pct_n"] == 2
+    assert first["recovery_ood_pct_ci_low"] == pytest.approx(30.0 - 12.706 * 10.0)
+    assert reverse["recovery_ood_pct"] is None and reverse["recovery_ood_pct_by_seed"] == "– / –"
+    assert first["ok"] is True and reverse["ok"] is False
+    # a row only one seed has is kept, marked by its count, without an interval
+    only = edits("sft-25", 20.0, True).head(1)
+    combined, _ = tables.combine_seeds({0: edits("sft-10", 40.0, True), 1: only}, keys, ("recovery_ood_pct",))
+    assert combined["seeds"].to_list() == [2, 1] and combined["name"].to_list()[1].endswith("ppo-50-top1")
+
+
+def test_combine_seeds_names_a_missing_key():
+    with pytest.raises(ValueError, match=r"seed 3 has no key columns \['step'\]"):
+        tables.combine_seeds({3: pl.DataFrame({"model": ["base"]})}, keys=("model", "step"))
+
+
+def test_every_seeded_table_has_keys_its_rows_have(tmp_path):
+    for name, result in study.SEEDED_RESULT.items():
+        assert result.keys, name
+    assert "benchmarks" not in study.SEEDED_RESULT  # the job records are one table of every seed's jobs
+
+
+def test_the_benchmark_table_names_each_records_seed(tmp_path):
+    def record(path, seconds):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{seconds}\t0:00:01\t100.0\t{seconds}\n")
+        return path
+
+    shared = [record(tmp_path / "benchmarks" / "evaluate" / "base.tsv", 1.0)]
+    seed1 = [record(tmp_path / "seed-1" / "benchmarks" / "sft" / "sft-5.tsv", 2.0)]
+    seed0 = [record(tmp_path / "seed-0" / "benchmarks" / "sft" / "sft-5.tsv", 3.0)]
+    df = tables.benchmark_table({None: shared, 1: seed1, 0: seed0})
+    assert df.select("stage", "job", "seed").rows() == [
+        ("sft", "sft-5", 0),
+        ("sft", "sft-5", 1),
+        ("evaluate", "base", None),
+    ]
+    assert df["seconds"].to_list() == [3.0, 2.0, 1.0]
+
+
+def test_findings_measure_each_seed_at_the_peak_of_the_mean_curve(seed_dirs):
+    # seed 0 peaks at sft-5, seeds 1 and 2 at sft-10; the mean curve peaks at sft-10
+    def traj(seed, ood):
+        paths = [
+            _summary(seed_dirs / f"seed{seed}", m, s, a)
+            for m, acc in zip(("base", "sft-5", "sft-10", "sft-20"), ood, strict=True)
+            for s, a in (("id", 0.5 + acc), ("ood", acc))
+        ]
+        return tables.sft_trajectory(tables.read_summaries(paths))
+
+    def spectrum(dsigma, angle):
+        return pl.DataFrame(
+            {
+                "a": ["base", "base"],
+                "b": ["sft-20", "sft-20"],
+                "type": ["q", "k"],
+                "band": ["head", "head"],
+                "matrices": [2, 2],
+                "mean_rel_dsigma": [dsigma, dsigma],
+                "mean_angle_u": [angle, angle],
+                "mean_angle_v": [angle, angle],
+            }  # fmt: skip
+        )
+
+    per_seed = {
+        0: {"sft-trajectory": traj(0, (0.05, 0.20, 0.19, 0.06)), "spectrum": spectrum(0.02, 10.0)},
+        1: {"sft-trajectory": traj(1, (0.07, 0.14, 0.25, 0.08)), "spectrum": spectrum(0.03, 12.0)},
+        2: {"sft-trajectory": traj(2, (0.06, 0.17, 0.22, 0.07)), "spectrum": spectrum(0.025, 11.0)},
+    }
+    df = tables.findings(per_seed)
+    rows = {r["quantity"]: r for r in df.iter_rows(named=True)}
+    rise = rows["OOD: sft-10 − base (the rise to the peak of the mean curve)"]
+    assert rise["mean"] == pytest.approx(16.0) and rise["seeds"] == 3
+    assert rise["by_seed"] == "14.0 / 18.0 / 16.0" and rise["verdict"] == "yes: above 0"
+    assert rise["ci_low"] == pytest.approx(16.0 - 4.303 * 2.0 / 3**0.5)
+    fall = rows["OOD: sft-10 − sft-20 (the fall after it)"]
+    assert fall["by_seed"] == "13.0 / 17.0 / 15.0" and fall["verdict"] == "yes: above 0"
+    assert rows["each seed's own peak-OOD checkpoint (SFT step)"]["by_seed"] == "5.0 / 10.0 / 10.0"
+    two = tables.findings({s: per_seed[s] for s in (0, 1)})  # two seeds: t(0.975, 1) = 12.7, wide
+    assert two["verdict"][0] == "not shown: interval holds 0"
+    ratio = rows["head band, base → sft-20: sin(angle) / (|Δσ|/σ)"]
+    import math
+
+    values = [math.sin(math.radians(a)) / d for a, d in ((10.0, 0.02), (12.0, 0.03), (11.0, 0.025))]
+    assert ratio["mean"] == pytest.approx(sum(values) / 3) and ratio["verdict"].startswith("yes: above 1")
+    assert {r["finding"] for r in df.iter_rows(named=True)} == {
+        tables.findings.__globals__["FINDINGS"][i] for i in (0, 2)
+    }
+    assert tables.findings({0: per_seed[0]})["verdict"][0] == "one seed: no interval"
+    md = tables.to_markdown(df, *tables.VIEWS["findings"])
+    assert "| 16.0 [11.0, 21.0] | 14.0 / 18.0 / 16.0 | yes: above 0 |" in md
+
+
+def test_verdicts_compare_the_interval_with_no_effect():
+    from sftrl.tables.findings import verdict
+
+    assert verdict(tables.t_interval([2.0, 2.5, 3.0])) == "yes: above 0"  # 2.5 ± 1.24
+    assert verdict(tables.t_interval([1.0, 2.0, 3.0])) == "not shown: interval holds 0"  # 2 ± 2.48
+    assert verdict(tables.t_interval([-2.0, -2.5, -3.0])) == "no (reversed): below 0"
+    assert verdict(tables.t_interval([0.4])) == "one seed: no interval"
+    assert verdict(tables.t_interval([None, None])) == "undefined in every seed"
+    assert verdict(tables.t_interval([5.0, 5.5, 6.0]), null=1.0) == "yes: above 1"

@@ -33,9 +33,9 @@ def test_rl_outputs_are_named_by_their_algorithm(tmp_path):
     cfg = reduced_config()
     cfg["rl"]["algorithm"] = "grpo"
     write_config(tmp_path, cfg)
-    out = run_snakemake(tmp_path, "-n", "--cores", "1", "all_rl", "results/test/eval/grpo-8/ood.json").stdout
-    assert "results/test/models/grpo-4" in out and "results/test/models/grpo-8" in out
-    assert "results/test/logs/grpo-8/metrics.jsonl" in out
+    out = run_snakemake(tmp_path, "-n", "--cores", "1", "all_rl", "results/test/seed-0/eval/grpo-8/ood.json").stdout
+    assert "results/test/seed-0/models/grpo-4" in out and "results/test/seed-0/models/grpo-8" in out
+    assert "results/test/seed-0/logs/grpo-8/metrics.jsonl" in out
     assert "ppo-" not in out
 
 
@@ -54,7 +54,7 @@ def test_data_rule_writes_the_four_data_files(tmp_path):
 
 @pytest.mark.slow
 def test_reduced_study_runs_end_to_end_and_is_reproducible(reduced_study, tmp_path):
-    res = reduced_study / "results" / "test"
+    res = reduced_study / "results" / "test" / "seed-0"  # the one replicate (seeds: [0])
     for model in ("base", "sft-4", "sft-8"):
         assert (res / "models" / model / "model.safetensors").is_file()
         for split in ("id", "ood"):
@@ -71,7 +71,10 @@ def test_reduced_study_runs_end_to_end_and_is_reproducible(reduced_study, tmp_pa
     write_config(tmp_path, reduced_config())
     tables = ["sft-trajectory", "rl-recovery"]
     run_snakemake(tmp_path, "--cores", "2", *[f"results/test/tables/{name}.md" for name in tables])
-    again = tmp_path / "results" / "test"
+    for name in tables:  # with one seed, the study's table is the seed's own
+        combined = (tmp_path / "results" / "test" / "tables" / f"{name}.csv").read_text()
+        assert combined == (tmp_path / "results" / "test" / "seed-0" / "tables" / f"{name}.csv").read_text()
+    again = tmp_path / "results" / "test" / "seed-0"
     for name in tables:
         assert (again / "tables" / f"{name}.csv").read_text() == (res / "tables" / f"{name}.csv").read_text(), name
     models = sorted(p.name for p in (again / "models").iterdir())
@@ -110,7 +113,7 @@ def test_an_edit_job_evaluates_its_model_and_keeps_it_only_when_asked(reduced_st
     gone with its work directory; with edits.keep the same job leaves the model, loadable."""
     from sftrl.models import load_model
 
-    res = reduced_study / "results" / "test"
+    res = reduced_study / "results" / "test" / "seed-0"
     donor = json.loads((res / "eval" / "peak-ood.json").read_text())["model"]
     name = f"layerreset-{donor}-into-sft-8-layers0-0.5"
     for split in ("id", "ood"):
@@ -126,8 +129,8 @@ def test_an_edit_job_evaluates_its_model_and_keeps_it_only_when_asked(reduced_st
     cfg = reduced_config()
     cfg["edits"]["keep"] = True
     write_config(work, cfg)
-    run_snakemake(work, "--cores", "1", f"results/test/models/{name}")
-    model = load_model(work / "results" / "test" / "models" / name)
+    run_snakemake(work, "--cores", "1", f"results/test/seed-0/models/{name}")
+    model = load_model(work / "results" / "test" / "seed-0" / "models" / name)
     assert model.config.num_hidden_layers == cfg["model"]["tiny"]["num_layers"]
-    again = json.loads((work / "results" / "test" / "eval" / name / "id.json").read_text())
+    again = json.loads((work / "results" / "test" / "seed-0" / "eval" / name / "id.json").read_text())
     assert again == json.loads((res / "eval" / name / "id.json").read_text())  # the same model, the same play

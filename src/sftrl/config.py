@@ -474,8 +474,18 @@ def prepare(cfg: dict, overrides: dict, files=(), schema_path: str | os.PathLike
     (:func:`validate`; ConfigError), then the tiny source's keys dropped for local weights
     (:func:`strip_tiny_only`)."""
     replace_resource_groups(cfg, overrides)
+    seeds_from_command_line(cfg)
     validate(cfg, schema_path, files=files)
     return strip_tiny_only(cfg)
+
+
+def seeds_from_command_line(cfg: dict) -> dict:
+    """``--config seeds=[0,1,2]`` as integers (in place): Snakemake reads a list given on the
+    command line as strings. Anything else is left for :func:`validate` to name."""
+    seeds = cfg.get("seeds") if isinstance(cfg, dict) else None
+    if isinstance(seeds, list) and all(isinstance(s, str) and s.strip().isdigit() for s in seeds):
+        cfg["seeds"] = [int(s) for s in seeds]
+    return cfg
 
 
 def replace_resource_groups(cfg: dict, overrides: dict) -> dict:

@@ -102,9 +102,31 @@ def _acc_tooltip(*extra: alt.Tooltip) -> list:
 # --- a. SFT trajectory ------------------------------------------------------------------------
 
 
-def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> alt.LayerChart:
+def _seed_count(by_seed: pl.DataFrame | None) -> int:
+    """Replicates in a seed-level table (``<name>.seeds.csv``); 0 without one."""
+    return 0 if by_seed is None or "seed" not in by_seed.columns else by_seed["seed"].n_unique()
+
+
+def _seed_lines(long: pl.DataFrame, y: alt.Y, color: alt.Color) -> alt.Chart:
+    """Each replicate's line, faint (``long``: step, accuracy, seed and the colour's field)."""
+    return (
+        alt.Chart(_values(long))
+        .mark_line(opacity=0.3, strokeWidth=1)
+        .encode(x=alt.X("step:Q"), y=y, color=color, detail="seed:N")
+    )
+
+
+def _seeds_title(title: str, n: int) -> str:
+    return f"{title}; mean of {n} seeds, 95% interval over seeds, faint: each seed" if n > 1 else title
+
+
+def sft_trajectory(
+    trajectory: pl.DataFrame, rl: pl.DataFrame | None = None, by_seed: pl.DataFrame | None = None
+) -> alt.LayerChart:
     """ID and OOD accuracy vs SFT step (base = step 0) with 95% intervals; PPO results (from the
-    rl-recovery table) as separate triangle marks at the SFT step they started from."""
+    rl-recovery table) as separate triangle marks at the SFT step they started from. With a
+    seed-level table of several seeds (``by_seed``), the tables hold means and intervals over
+    seeds, and each seed's trajectory is drawn faintly behind them."""
     _require(
         trajectory,
         ["model", "step", *_interval_columns()],
@@ -136,17 +158,23 @@ def sft_trajectory(trajectory: pl.DataFrame, rl: pl.DataFrame | None = None) -> 
         base.mark_errorbar(ticks=True).encode(**_y_ci()),
         base.mark_point(filled=True, size=70).encode(y=_y_acc(), shape=shape, tooltip=tooltip),
     ]
-    return alt.layer(*layers, data=_values(long)).properties(
-        title="ID and OOD accuracy along SFT (PPO results at their starting step)", width=WIDTH, height=HEIGHT
-    )
+    n = _seed_count(by_seed)
+    if n > 1:
+        _require(by_seed, ["seed", "step", *_interval_columns()], "sft_trajectory (by seed)")
+        each = _accuracy_long(by_seed.select("seed", "step", *_interval_columns()))
+        layers.insert(0, _seed_lines(each.sort("seed", "split", "step"), _y_acc(), color))
+    title = _seeds_title("ID and OOD accuracy along SFT (PPO results at their starting step)", n)
+    return alt.layer(*layers, data=_values(long)).properties(title=title, width=WIDTH, height=HEIGHT)
 
 
 # --- b. RL recovery window --------------------------------------------------------------------
 
 
-def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
+def rl_recovery(rl: pl.DataFrame, by_seed: pl.DataFrame | None = None) -> alt.LayerChart:
     """OOD accuracy after PPO vs the SFT checkpoint it started from (the recovery window), beside
-    the OOD accuracy of that checkpoint, with the SFT peak OOD as a dashed horizontal rule."""
+    the OOD accuracy of that checkpoint, with the SFT peak OOD as a dashed horizontal rule. With a
+    seed-level table of several seeds (``by_seed``), each seed's two lines are drawn faintly behind
+    the means."""
     _require(
         rl,
         [
@@ -193,9 +221,18 @@ def rl_recovery(rl: pl.DataFrame) -> alt.LayerChart:
         rule,
         label,
     ]
-    return alt.layer(*layers, data=_values(long)).properties(
-        title="OOD after PPO vs starting SFT checkpoint (dashed: SFT peak OOD)", width=WIDTH, height=HEIGHT
-    )
+    n = _seed_count(by_seed)
+    if n > 1:
+        _require(by_seed, ["seed", "step", "sft_ood_accuracy", "rl_ood_accuracy"], "rl_recovery (by seed)")
+        each = pl.concat(
+            by_seed.select("seed", "step", (100 * pl.col(f"{kind}_ood_accuracy")).alias("accuracy")).with_columns(
+                pl.lit(label).alias("series")
+            )
+            for kind, label in (("sft", "SFT checkpoint"), ("rl", "after PPO"))
+        )
+        layers.insert(0, _seed_lines(each.sort("seed", "series", "step"), _y_acc("OOD accuracy (%)"), color))
+    title = _seeds_title("OOD after PPO vs starting SFT checkpoint (dashed: SFT peak OOD)", n)
+    return alt.layer(*layers, data=_values(long)).properties(title=title, width=WIDTH, height=HEIGHT)
 
 
 # --- stage table as bars ----------------------------------------------------------------------

@@ -51,6 +51,35 @@ EDIT_NAME = re.compile(
 )
 
 
+# --- seeds: independent replicates of the training stages ----------------------------------------
+
+# The seed of replicate n is each training stage's configured seed plus n: the tiny model's
+# initialisation (model.tiny.seed), the base's data order (base.seed), SFT's data order
+# (sft.seed) and RL's sampling and hand order (rl.seed). Replicate 0 is the configured run itself.
+# The data sets (pretraining data included) and the evaluation (hands and eval.seed) are the same
+# for every replicate: replicates differ in training only.
+SEEDED = ("model.tiny.seed", "base.seed", "sft.seed", "rl.seed")
+
+
+def seeds(cfg: dict) -> list[int]:
+    """The study's replicates (``seeds``; default ``[0]``), in increasing order."""
+    return sorted(cfg.get("seeds") or [0])
+
+
+def replicate(settings: dict | None, seed: int) -> dict | None:
+    """A section with a ``seed`` key (``sft:``, ``rl:``, ``base:``, ``model.tiny``) as replicate
+    ``seed`` runs it: its seed plus ``seed`` (a copy; None stays None)."""
+    if settings is None:
+        return None
+    return {**settings, "seed": settings["seed"] + int(seed)}
+
+
+def shared_base(cfg: dict) -> bool:
+    """Whether one base model serves every replicate: local weights are the same for all of them
+    (models/base, its evaluation and SVD are computed once); a tiny base is trained per replicate."""
+    return cfg["model"]["source"] != "tiny"
+
+
 # --- trained models ------------------------------------------------------------------------------
 
 
@@ -372,6 +401,10 @@ class Result:
     table: Callable[[dict], bool] | None
     plot: Callable[[dict], bool] | None
     file: str = ""  # the table's path in results/<study>/, without suffix: tables/<name> by default
+    # Across seeds (sftrl.tables.seeds): the columns naming a row in every replicate, and the
+    # columns beside the accuracies that get an across-seed interval. () = not a per-seed table.
+    keys: tuple[str, ...] = ()
+    measures: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -380,29 +413,98 @@ class Result:
 
 # The order here is the order of the report's categories and items. The edit tables are written
 # together (one rule), so both exist whenever there are edits; a plot needs rows to draw.
+_RECOVERY = ("recovery_ood_pct", "recovery_id_pct")
+_SPECTRUM = ("mean_rel_dsigma", "mean_angle_u", "mean_angle_v")
 RESULTS = (
-    Result("sft-trajectory", "1. SFT and RL", "ID/OOD accuracy along SFT", _always, _always),
-    Result("rl-recovery", "1. SFT and RL", "OOD recovery by RL per starting checkpoint", _has_rl, _has_rl),
-    Result("stages", "1. SFT and RL", "Stage table: Premax, Moderate, RL", _has_rl, _has_rl),
-    Result("spectrum", "2. Spectra", "Spectral change by matrix type and band", _always, None),
+    # the study's four findings, each as a measured quantity with its interval over seeds and a verdict
+    Result("findings", "0. Findings", "The study's four findings, across seeds", _always, None),
+    Result("sft-trajectory", "1. SFT and RL", "ID/OOD accuracy along SFT", _always, _always, keys=("model", "step")),
+    Result(
+        "rl-recovery",
+        "1. SFT and RL",
+        "OOD recovery by RL per starting checkpoint",
+        _has_rl,
+        _has_rl,
+        keys=("step", "rl_model", "sft_model"),
+        measures=("delta_id", "delta_ood", "recovery_pct"),
+    ),
+    Result(
+        "stages",
+        "1. SFT and RL",
+        "Stage table: Premax, Moderate, RL",
+        _has_rl,
+        _has_rl,
+        keys=("stage",),
+        measures=_RECOVERY,
+    ),
+    Result(
+        "spectrum",
+        "2. Spectra",
+        "Spectral change by matrix type and band",
+        _always,
+        None,
+        keys=("a", "b", "type", "band"),
+        measures=_SPECTRUM,
+    ),
     Result("sigma-change", "2. Spectra", "Relative singular-value change by index", None, _always),
     Result("principal-angles", "2. Spectra", "Principal angles by index", None, _always),
-    Result("uv-merge", "3. Edits", "UV merge, sigma swap and triplet swap", _always, _has_spectral_edits),
-    Result("layer-reset", "3. Edits", "Layer reset", _always, _has_layer_resets),
-    # the benchmark: records of every job that trains, evaluates or decomposes; made last
+    Result(
+        "uv-merge",
+        "3. Edits",
+        "UV merge, sigma swap and triplet swap",
+        _always,
+        _has_spectral_edits,
+        keys=("method", "reverse", "top", "bottom", "target"),
+        measures=_RECOVERY,
+    ),
+    Result(
+        "layer-reset",
+        "3. Edits",
+        "Layer reset",
+        _always,
+        _has_layer_resets,
+        keys=("layers", "target"),
+        measures=_RECOVERY,
+    ),
+    # the records of every job that trains, evaluates or decomposes (every replicate's); made last
     Result("benchmarks", "4. Jobs", "Run time and peak memory of every job", _always, None, "benchmarks/summary"),
 )
+# Tables that are not results of their own: the RL sweep (`snakemake rl_sweep`) and the per-index
+# spectra the spectrum plots draw. Both are made per replicate and combined across seeds.
+SEEDED_TABLES = {
+    "rl-sweep": Result(
+        "rl-sweep",
+        "",
+        "RL sweep",
+        None,
+        None,
+        keys=("variant", "settings", "step"),
+        measures=("delta_id", "delta_ood", "success_first", "success_last"),
+    ),
+    "spectrum-profile": Result(
+        "spectrum-profile",
+        "",
+        "Per-index spectra",
+        None,
+        None,
+        keys=("a", "b", "pair", "type", "bin"),
+        measures=("abs_rel_dsigma", "angle_u", "angle_v"),
+    ),
+}
 RESULT = {r.name: r for r in RESULTS}
+# Every table made per replicate and combined across seeds (tables/<name>.csv), by name.
+SEEDED_RESULT = {**{r.name: r for r in RESULTS if r.keys}, **SEEDED_TABLES}
 TABLES = tuple(r.name for r in RESULTS if r.table)  # every table name (the wildcard's values)
 PLOTS = tuple(r.name for r in RESULTS if r.plot)
 
 
 def plot_tables(cfg: dict, plot: str) -> dict[str, str]:
-    """The tables a plot is drawn from: its input name -> a table (``tables/<table>.csv``)."""
+    """The tables a plot is drawn from: its input name -> a table (``tables/<table>.csv``, across
+    seeds; ``<table>.seeds`` is its seed-level table, from which plots draw each seed)."""
     rl = {"rl": "rl-recovery"} if _has_rl(cfg) else {}
     return {
-        "sft-trajectory": {"trajectory": "sft-trajectory"} | rl,
-        "rl-recovery": {"rl": "rl-recovery"},
+        "sft-trajectory": {"trajectory": "sft-trajectory", "trajectory_seeds": "sft-trajectory.seeds"} | rl,
+        "rl-recovery": {"rl": "rl-recovery", "rl_seeds": "rl-recovery.seeds"},
         "stages": {"stages": "stages"},
         "sigma-change": {"profile": "spectrum-profile"},
         "principal-angles": {"profile": "spectrum-profile", "summary": "spectrum"},

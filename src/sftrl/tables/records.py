@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +15,7 @@ BENCHMARK_STAGES = ("base", "sft", "rl", "evaluate", "svd", "spectrum", "edits")
 BENCHMARK_MARKDOWN = {
     "stage": ("raw", "stage"),
     "job": ("raw", "job"),
+    "seed": ("raw", "seed"),
     "wall time (s)": ("raw1", "seconds"),
     "CPU time (s)": ("raw1", "cpu_seconds"),
     "peak memory (MB)": ("raw1", "max_rss_mb"),
@@ -22,15 +23,19 @@ BENCHMARK_MARKDOWN = {
 BENCHMARK_FOOTNOTE = (
     "One row per job of the stages that train, evaluate or decompose, from Snakemake's "
     "`benchmark:` records (`benchmarks/<stage>/<job>.tsv`): wall time, CPU time and peak resident "
-    "memory (RSS) of the job's processes. A job that ran again shows its last run."
+    "memory (RSS) of the job's processes. A job that ran again shows its last run. seed: the "
+    "replicate whose job it is (seed-<n>/benchmarks/); – for a job every replicate shares."
 )
 
 
-def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
-    """The benchmark records ``benchmarks/<stage>/<job>.tsv`` as one table: stage, job, wall time
-    (s), CPU time (s) and peak RSS (MB); rows by stage (pipeline order), then job (natural order)."""
+def benchmark_table(paths: Iterable[str | os.PathLike] | Mapping[int | None, Iterable]) -> pl.DataFrame:
+    """The benchmark records ``benchmarks/<stage>/<job>.tsv`` as one table: stage, job, seed, wall
+    time (s), CPU time (s) and peak RSS (MB); rows by stage (pipeline order), then job (natural
+    order), then seed. ``paths`` is a list of records (seed: none), or ``{seed: records}`` where
+    None = the shared jobs'."""
+    by_seed = paths if isinstance(paths, Mapping) else {None: paths}
     rows = []
-    for path in map(Path, paths):
+    for seed, path in ((seed, Path(p)) for seed, group in by_seed.items() for p in group):
         record = pl.read_csv(path, separator="\t", null_values=["NA", "-", ""], infer_schema_length=0)
         last = record.row(-1, named=True)  # one row per run; `benchmark: repeat(...)` adds more
 
@@ -42,6 +47,7 @@ def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
             {
                 "stage": path.parent.name,
                 "job": path.stem,
+                "seed": seed,
                 "seconds": number("s"),
                 "cpu_seconds": number("cpu_time"),
                 "max_rss_mb": number("max_rss"),
@@ -49,10 +55,11 @@ def benchmark_table(paths: Iterable[str | os.PathLike]) -> pl.DataFrame:
         )
     order = {stage: i for i, stage in enumerate(BENCHMARK_STAGES)}
     natural = lambda text: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]  # noqa: E731
-    rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"], natural(r["job"])))
+    rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"], natural(r["job"]), r["seed"] or -1))
     schema = {
         "stage": pl.String,
         "job": pl.String,
+        "seed": pl.Int64,
         "seconds": pl.Float64,
         "cpu_seconds": pl.Float64,
         "max_rss_mb": pl.Float64,

@@ -52,11 +52,34 @@ def _cell(row: dict, kind: str, col) -> str:
         return f"{_fmt(row[col[0]], 'pct')} → {_fmt(row[col[1]], 'pct')}"
     if kind == "ci":
         v, lo, hi = (row[c] for c in col)
-        return "–" if v is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]"
+        if v is None:
+            return "–"
+        return (
+            _fmt(v, "pct") if lo is None and hi is None else f"{_fmt(v, 'pct')} [{_fmt(lo, 'pct')}, {_fmt(hi, 'pct')}]"
+        )
     if kind == "dpct":
         v = row[col]
-        return "–" if v is None else f"{100 * v:+.1f}"
+        return "–" if v is None else _dpct(v)
+    if kind.startswith("ci_"):  # another kind with an interval: ci_dpct, ci_raw1, ci_sci
+        v, lo, hi = (row[c] for c in col)
+        inner = kind[3:]
+        shown = (lambda x: "–" if x is None else _dpct(x)) if inner == "dpct" else (lambda x: _fmt(x, inner))
+        if v is None:
+            return "–"
+        return shown(v) if lo is None and hi is None else f"{shown(v)} [{shown(lo)}, {shown(hi)}]"
+    if kind.startswith("by_seed:"):  # each seed's value, " / "-separated (sftrl.tables.seeds)
+        inner = kind.split(":", 1)[1]
+        text = row[col]
+        if text is None:
+            return "–"
+        values = [None if t.strip() == "–" else float(t) for t in str(text).split(" / ")]
+        shown = (lambda x: "–" if x is None else _dpct(x)) if inner == "dpct" else (lambda x: _fmt(x, inner))
+        return " / ".join(shown(v) for v in values)
     return _fmt(row[col], kind)
+
+
+def _dpct(value: float) -> str:
+    return f"{100 * value:+.1f}"
 
 
 def cells(df: pl.DataFrame, view: View) -> tuple[list[str], list[list[str]]]:
@@ -64,7 +87,9 @@ def cells(df: pl.DataFrame, view: View) -> tuple[list[str], list[list[str]]]:
     ``kind`` is ``pct`` (a fraction shown as a percentage), ``ci`` (``column`` is a triple:
     value, low, high → ``41.0 [34.9, 47.4]``), ``dpct`` (a difference of fractions in points,
     signed), ``arrow`` (two columns, ``a → b``), ``arrow_pct``, ``kl`` (two numbers, ``a / b``),
-    ``raw1``, ``sci``, ``yesno`` or ``raw``. Missing values show as ``–``."""
+    ``raw1``, ``sci``, ``yesno`` or ``raw``; across seeds (:mod:`sftrl.tables.seeds`) also
+    ``ci_dpct``, ``ci_raw1``, ``ci_sci`` (a value and its interval) and ``by_seed:<kind>`` (each
+    seed's value). Missing values show as ``–``."""
     rows = [[_cell(row, kind, col) for kind, col in view.values()] for row in df.iter_rows(named=True)]
     return list(view), rows
 
