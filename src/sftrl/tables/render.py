@@ -63,23 +63,32 @@ def _cell(row: dict, kind: str, col) -> str:
     if kind.startswith("ci_"):  # another kind with an interval: ci_dpct, ci_raw1, ci_sci
         v, lo, hi = (row[c] for c in col)
         inner = kind[3:]
-        shown = (lambda x: "–" if x is None else _dpct(x)) if inner == "dpct" else (lambda x: _fmt(x, inner))
         if v is None:
             return "–"
-        return shown(v) if lo is None and hi is None else f"{shown(v)} [{shown(lo)}, {shown(hi)}]"
+        return (
+            _show(v, inner)
+            if lo is None and hi is None
+            else f"{_show(v, inner)} [{_show(lo, inner)}, {_show(hi, inner)}]"
+        )
     if kind.startswith("by_seed:"):  # each seed's value, " / "-separated (sftrl.tables.seeds)
         inner = kind.split(":", 1)[1]
         text = row[col]
         if text is None:
             return "–"
         values = [None if t.strip() == "–" else float(t) for t in str(text).split(" / ")]
-        shown = (lambda x: "–" if x is None else _dpct(x)) if inner == "dpct" else (lambda x: _fmt(x, inner))
-        return " / ".join(shown(v) for v in values)
+        return " / ".join(_show(v, inner) for v in values)
     return _fmt(row[col], kind)
 
 
 def _dpct(value: float) -> str:
     return f"{100 * value:+.1f}"
+
+
+def _show(value, kind: str) -> str:
+    """One number of an interval or a per-seed list, as ``kind`` shows it (``dpct``: signed points)."""
+    if kind == "dpct":
+        return "–" if value is None else _dpct(value)
+    return _fmt(value, kind)
 
 
 def cells(df: pl.DataFrame, view: View) -> tuple[list[str], list[list[str]]]:
