@@ -353,8 +353,8 @@ def test_each_rule_runs_without_what_its_env_lacks(reduced_study, tmp_path):
     page = sorted((work / res / "report" / "tables").glob("*.html"))[0].name
     tables = [f"{d}/tables/{name}" for d in (res, one) for name in ("sft-trajectory.md", "rl-recovery.md",
               "stages.md", "spectrum.md", "spectrum-profile.csv", "uv-merge.md")]  # fmt: skip
-    summaries = [f"{one}/eval/peak-ood.json", *tables, f"{res}/tables/findings.md", f"{res}/benchmarks/summary.md", f"{res}/plots/{plot}.html",
-                 f"{res}/report/tables/{page}", *cheap]  # fmt: skip
+    summaries = [f"{one}/eval/peak-ood.json", *tables, f"{res}/tables/findings.md", f"{res}/benchmarks/summary.md",
+                 f"{res}/plots/{plot}.html", f"{res}/report/tables/{page}", *cheap]  # fmt: skip
     runs = [
         # tables, a plot and a report page (after the checkpoint peak_ood) and the cheap model rules
         (summaries, summaries),

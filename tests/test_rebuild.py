@@ -154,7 +154,8 @@ def test_editing_a_script_reruns_its_rule_and_what_reads_it(reduced_study, repo_
     with open(repo_copy / "scripts" / "table_sft_trajectory.py", "a") as fh:
         fh.write("# an edit\n")
     jobs = planned_jobs(reduced_study, reduced_config(), repo_copy)
-    assert rules_of(jobs) <= {"table_sft_trajectory", "table_seeds", "plot", "report_table", "table_benchmarks", "all"}
+    readers = {"table_seeds", "table_findings", "plot", "report_table", "table_benchmarks", "all"}
+    assert rules_of(jobs) <= {"table_sft_trajectory", *readers}
     assert ("table_sft_trajectory", "seed=0") in jobs and ("plot", "plot=sft-trajectory") in jobs
 
 

@@ -181,7 +181,8 @@ def test_seeds_offset_every_training_seed_and_share_a_local_base(cfg):
     assert study.shared_base(cfg)  # local weights are every replicate's
 
 
-def test_every_result_table_is_combined_across_seeds_but_the_job_records():
+def test_every_result_table_is_combined_across_seeds_but_the_job_records_and_the_findings():
+    """The job records and the findings are made from every seed at once, not per seed."""
     tables = {r.name for r in study.RESULTS if r.table}
-    assert set(study.SEEDED_RESULT) == (tables - {"benchmarks"}) | {"rl-sweep", "spectrum-profile"}
+    assert set(study.SEEDED_RESULT) == (tables - {"benchmarks", "findings"}) | {"rl-sweep", "spectrum-profile"}
     assert study.plot_tables(default_config(), "rl-recovery") == {"rl": "rl-recovery", "rl_seeds": "rl-recovery.seeds"}

@@ -552,6 +552,21 @@ def test_seeds_keep_rows_by_their_keys_and_join_differing_text(tmp_path):
     assert combined["seeds"].to_list() == [2, 1] and combined["name"].to_list()[1].endswith("ppo-50-top1")
 
 
+def test_seeds_average_lists_of_numbers_number_by_number():
+    """The shares solved on each turn are one text per seed: their mean is taken turn by turn,
+    not the texts joined (which would read as 10 turns of 2 seeds)."""
+
+    def turns(text):
+        return pl.DataFrame({"model": ["sft-5"], "step": [5], "ood_solved_by_turn": [text]})
+
+    keys = ("model", "step")
+    combined, _ = tables.combine_seeds({0: turns("9.4 / 1.7 / 0.0"), 1: turns("18.0 / 4.3 / 1.0")}, keys)
+    assert combined["ood_solved_by_turn"].to_list() == ["13.7 / 3.0 / 0.5"]
+    # lists of different lengths are not averaged
+    combined, _ = tables.combine_seeds({0: turns("9.4 / 1.7"), 1: turns("17.9 / 4.3 / 1.0")}, keys)
+    assert combined["ood_solved_by_turn"].to_list() == ["9.4 / 1.7 / 17.9 / 4.3 / 1.0"]
+
+
 def test_combine_seeds_names_a_missing_key():
     with pytest.raises(ValueError, match=r"seed 3 has no key columns \['step'\]"):
         tables.combine_seeds({3: pl.DataFrame({"model": ["base"]})}, keys=("model", "step"))

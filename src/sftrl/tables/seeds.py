@@ -4,11 +4,12 @@ study's table (``tables/<name>.csv``) and a seed-level table (``tables/<name>.se
 A row of the study's table is a row that the replicates share: the same values in the table's key
 columns (:attr:`sftrl.study.Result.keys`: e.g. a model name and step, or an edit's method, band and
 target; an edit's donor, the peak-OOD checkpoint, may differ between seeds and is not a key).
-Numbers are the mean over the seeds that have a value; text that differs between seeds is joined
-with `` / `` in seed order (``sft-10 / sft-25``); a yes/no column is yes only when every seed says
-yes. The measured columns -- every accuracy with a 95% interval (``<p>accuracy`` beside
-``<p>ci_low``, ``<p>ci_high``) and the table's :attr:`~sftrl.study.Result.measures` (recovery %,
-changes, spectral means) -- get:
+Numbers are the mean over the seeds that have a value; text that lists numbers the same way in
+every seed (the shares solved on turn 1, 2, ...: ``"9.4 / 1.7 / 1.7"``) is averaged number by
+number; other text that differs between seeds is joined with `` / `` in seed order (``sft-10 /
+sft-25``); a yes/no column is yes only when every seed says yes. The measured columns -- every
+accuracy with a 95% interval (``<p>accuracy`` beside ``<p>ci_low``, ``<p>ci_high``) and the table's
+:attr:`~sftrl.study.Result.measures` (recovery %, changes, spectral means) -- get:
 
 * the 95% **t-interval over seeds**: mean ± t(0.975, n − 1) · sd / √n of the n seeds' values. For
   an accuracy it replaces the per-hand interval in ``<p>ci_low``/``<p>ci_high`` (so plots and views
@@ -82,6 +83,19 @@ def _text(value) -> str:
     return repr(float(value))
 
 
+def _mean_of_number_lists(texts: list[str]) -> str | None:
+    """The element-wise mean of texts that each list the same count of numbers joined by `` / ``,
+    at the most decimals any of them shows; None when they are not all such lists."""
+    try:
+        lists = [[float(x) for x in t.split(" / ")] for t in texts]
+    except ValueError:
+        return None
+    if len({len(xs) for xs in lists}) != 1:
+        return None
+    decimals = max(len(x.partition(".")[2]) for t in texts for x in t.split(" / "))
+    return " / ".join(f"{sum(col) / len(col):.{decimals}f}" for col in zip(*lists, strict=True))
+
+
 def combine_seeds(tables: Mapping[int, pl.DataFrame], keys, measures=()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the study's table, the seed-level table) of each seed's table (``{seed: frame}``, the same
     columns), as the module docstring says. Rows in the order of the tables: by their mean
@@ -128,8 +142,10 @@ def combine_seeds(tables: Mapping[int, pl.DataFrame], keys, measures=()) -> tupl
             elif dtype.is_numeric():
                 row[col] = t_interval(values)["mean"]
             else:
-                distinct = list(dict.fromkeys(str(v) for v in values if v is not None))
-                row[col] = " / ".join(distinct) if distinct else None
+                texts = [str(v) for v in values if v is not None]
+                distinct = list(dict.fromkeys(texts))
+                averaged = _mean_of_number_lists(texts) if len(distinct) > 1 else None
+                row[col] = averaged or (" / ".join(distinct) if distinct else None)
         out.append(row)
     order = [*columns]
     for col in measured:
