@@ -85,7 +85,7 @@ def rule_blocks() -> dict[str, str]:
             body = re.split(r"(?m)^(?=\S)", text[m.end() : end])[0]
             blocks[m.group(1)] = (path, body)
         # `use rule a as b with:` -- b runs a's code in a's environment
-        for m in re.finditer(r"(?m)^use rule (\w+) as (\w+) with:\n", text):
+        for m in re.finditer(r"(?m)^[ ]*use rule (\w+) as (\w+) with:\n", text):  # also inside an `if`
             blocks[m.group(2)] = blocks[m.group(1)]
     return blocks
 
