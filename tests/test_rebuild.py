@@ -175,9 +175,17 @@ def test_run_only_settings_rerun_nothing(reduced_study):
 
 # --- seeds: replicates come and go without touching each other ----------------------------------
 
-# What combines the replicates: the tables across seeds, the plots and report pages drawn from
-# them, the job records, the aggregate target.
-ACROSS_SEEDS = {"table_seeds", "table_seeds_profile", "plot", "report_table", "table_benchmarks", "all"}
+# What combines the replicates: the tables across seeds, the findings (every seed's value), the
+# plots and report pages drawn from them, the job records, the aggregate target.
+ACROSS_SEEDS = {
+    "table_seeds",
+    "table_seeds_profile",
+    "table_findings",
+    "plot",
+    "report_table",
+    "table_benchmarks",
+    "all",
+}
 
 
 def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables_across_seeds(reduced_study):
