@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +164,24 @@ def reduced_study(tmp_path_factory) -> Path:
     write_config(workdir, reduced_config())
     run_snakemake(workdir, "--cores", "2")
     return workdir
+
+
+# A job in Snakemake's output: its rule and the indented lines under it (wildcards among them).
+JOB = re.compile(r"^(?:local)?rule (\w+):\n(?P<body>(?:    .*\n)*)", re.M)
+
+
+@pytest.fixture(scope="session")
+def two_seeds(reduced_study, tmp_path_factory) -> Path:
+    """The reduced study with a second seed added and run: only seed 1's jobs and the tables
+    across seeds ran (checked here, from the run's own job list). Shared by the seed tests of
+    test_rebuild and the reproducibility test of test_workflow (seed 1 run alone elsewhere)."""
+    work = tmp_path_factory.mktemp("two-seeds") / "study"
+    shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
+    cfg = reduced_config()
+    cfg["seeds"] = [0, 1]
+    write_config(work, cfg)
+    proc = run_snakemake(work, "--cores", "2")
+    out = proc.stdout + proc.stderr
+    ran = [(m.group(1), m.group("body")) for m in JOB.finditer(out)]
+    assert ran and not [r for r, body in ran if "seed=0" in body], [r for r, _ in ran]
+    return work

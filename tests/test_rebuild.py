@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced_config, run_snakemake, write_config
+from conftest import JOB, ROOT, reduced_config
 
 pytestmark = pytest.mark.slow
-
-JOB = re.compile(r"^(?:local)?rule (\w+):\n(?P<body>(?:    .*\n)*)", re.M)
 
 
 def planned_jobs(workdir, cfg: dict, repo: Path = ROOT) -> list[tuple[str, str]]:
@@ -197,22 +195,6 @@ def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables_across_seeds(re
     assert all(w.startswith("seed=1") for _, w in seeded), seeded  # nothing of seed 0 again
     assert not {r for r in rules_of(jobs) if r.startswith("data_")}  # the data are every seed's
     assert ("table_seeds", "table=sft-trajectory") in jobs
-
-
-@pytest.fixture(scope="module")
-def two_seeds(reduced_study, tmp_path_factory) -> Path:
-    """The reduced study with a second seed added and run: only seed 1's jobs and the tables
-    across seeds ran (checked here, from the run's own job list)."""
-    work = tmp_path_factory.mktemp("two-seeds") / "study"
-    shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
-    cfg = reduced_config()
-    cfg["seeds"] = [0, 1]
-    write_config(work, cfg)
-    proc = run_snakemake(work, "--cores", "2")
-    out = proc.stdout + proc.stderr
-    ran = [(m.group(1), m.group("body")) for m in JOB.finditer(out)]
-    assert ran and not [r for r, body in ran if "seed=0" in body], [r for r, _ in ran]
-    return work
 
 
 def test_a_second_seed_gives_tables_with_intervals_over_seeds(two_seeds):
