@@ -381,3 +381,18 @@ def test_each_rule_runs_without_what_its_env_lacks(reduced_study, tmp_path):
     wanted = {directive(body, "script").rsplit("/", 1)[1] for rule, (_, body) in rule_blocks().items()
               if rule != "table_rl_sweep" and directive(body, "script")}  # fmt: skip
     assert wanted <= ran, f"not run with their env's modules blocked: {sorted(wanted - ran)}"
+    # The same config and seed give the same results (README, Development): what these runs made
+    # again -- the base, the first SFT segment, its PPO run (sampled episodes), the base's
+    # evaluation and an edit's -- is byte for byte what the study first made: weights and every
+    # answer of every attempt (the tables read nothing else).
+    import polars as pl
+
+    for model in ("base", "sft-4", "ppo-4"):
+        again, first = work / one / "models" / model / "model.safetensors", reduced_study / one / "models" / model
+        assert again.stat().st_mtime > (first / "model.safetensors").stat().st_mtime, model  # made again
+        assert again.read_bytes() == (first / "model.safetensors").read_bytes(), model
+    for evaluated in ("base", f"layerreset-{donor}-into-sft-8-layers0-0.5"):
+        for split in ("id", "ood"):
+            path = f"{one}/eval/{evaluated}/{split}.parquet"
+            assert (work / path).stat().st_mtime > (reduced_study / path).stat().st_mtime, path
+            assert pl.read_parquet(work / path).equals(pl.read_parquet(reduced_study / path)), path
