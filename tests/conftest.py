@@ -174,7 +174,7 @@ JOB = re.compile(r"^(?:local)?rule (\w+):\n(?P<body>(?:    .*\n)*)", re.M)
 def two_seeds(reduced_study, tmp_path_factory) -> Path:
     """The reduced study with a second seed added and run: only seed 1's jobs and the tables
     across seeds ran (checked here, from the run's own job list). Shared by the seed tests of
-    test_rebuild and the reproducibility test of test_workflow (seed 1 run alone elsewhere)."""
+    test_rebuild and the end-to-end test of test_workflow (another seed trains other models)."""
     work = tmp_path_factory.mktemp("two-seeds") / "study"
     shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
     cfg = reduced_config()

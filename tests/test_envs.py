@@ -73,6 +73,10 @@ def env_names() -> list[str]:
     return sorted(p.stem for p in ENVS.glob("*.yaml"))  # not the pin files (*.linux-64.pin.txt)
 
 
+# `use rule a as b with:`, at the top level or indented inside an `if` (group 1: the indent)
+USE_RULE = re.compile(r"(?m)^( *)use rule (\w+) as (\w+) with:\n")
+
+
 def rule_blocks() -> dict[str, str]:
     """Every rule and checkpoint of the workflow (Snakefile and rules/*.smk): name -> its text."""
     blocks = {}
@@ -85,8 +89,8 @@ def rule_blocks() -> dict[str, str]:
             body = re.split(r"(?m)^(?=\S)", text[m.end() : end])[0]
             blocks[m.group(1)] = (path, body)
         # `use rule a as b with:` -- b runs a's code in a's environment
-        for m in re.finditer(r"(?m)^[ ]*use rule (\w+) as (\w+) with:\n", text):  # also inside an `if`
-            blocks[m.group(2)] = blocks[m.group(1)]
+        for m in USE_RULE.finditer(text):
+            blocks[m.group(3)] = blocks[m.group(2)]
     return blocks
 
 
@@ -118,9 +122,10 @@ def test_every_rule_is_parsed():
     # rules defined inside an `if` (the shared base of local weights: evaluate_base, svd_base) exist
     # only for such a config; the paper dry-runs (test_slurm, test_study_configs) plan them
     conditional = {
-        m.group(1)
+        m.group(3)
         for path in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]
-        for m in re.finditer(r"(?m)^[ ]+use rule \w+ as (\w+) with:\n", path.read_text())
+        for m in USE_RULE.finditer(path.read_text())
+        if m.group(1)
     }
     assert conditional == {"evaluate_base", "svd_base"}
     assert listed == set(rule_blocks()) - conditional, f"snakemake --list-rules: {sorted(listed)}"

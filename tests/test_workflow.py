@@ -56,8 +56,8 @@ def test_data_rule_writes_the_four_data_files(tmp_path):
 def test_reduced_study_runs_end_to_end(reduced_study, two_seeds):
     """Every stage ran, and nothing is left to do. That the same config and seed give the same
     weights, answers and tables is checked where the tests make them again anyway
-    (test_envs.test_each_rule_runs_without_what_its_env_lacks); that a replicate depends on its
-    seed alone, by the seed tests of test_rebuild."""
+    (test_envs.test_each_rule_runs_without_what_its_env_lacks); that adding or removing a seed
+    leaves the other replicates untouched, by the seed tests of test_rebuild."""
     res = reduced_study / "results" / "test" / "seed-0"  # the one replicate (seeds: [0])
     for model in ("base", "sft-4", "sft-8", "ppo-4", "ppo-8"):
         assert (res / "models" / model / "model.safetensors").is_file()
