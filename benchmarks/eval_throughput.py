@@ -1,9 +1,17 @@
-"""Hands per second of the batched evaluator vs one-at-a-time ``generate`` on the tiny model.
+"""Seconds of the study's multi-turn evaluation, as the project runs it and two references, in one run.
 
-    python benchmarks/eval_throughput.py [--model results/tiny/models/sft-800] [--hands 234]
+    python benchmarks/eval_throughput.py [--model results/tiny/seed-0/models/sft-10] [--hands 234] [--turns 5]
 
-Without --model a freshly initialised tiny model is used (its answers run to max_new_tokens, the
-slow case). Both paths answer the same OOD hands greedily, once (one turn), and must agree.
+The three ways answer the same OOD hands greedily for ``--turns`` attempts (a failed attempt gets
+the verifier's feedback, as in the study):
+
+* the project: batched, each turn continuing the previous turn's KV cache (sftrl.prefix_cache);
+* whole dialogues: batched, each turn's prompt read ("prefilled") whole, as before the cache;
+* one at a time: ``generate`` per dialogue (the first turn only: it is the slow reference).
+
+Without --model a freshly initialised tiny model is used (its answers run to max_new_tokens and
+never solve a hand, so every hand plays every turn: the slow case). The project's answers must
+equal the whole-dialogue answers; the script prints how many do and the tokens each way reads.
 """
 
 from __future__ import annotations
@@ -17,15 +25,16 @@ from sftrl import data
 from sftrl.evaluate import GenerationSettings, Generator, run_episodes
 from sftrl.models import build_tiny_model, build_tiny_tokenizer, load_model, load_tokenizer
 
-ARCH = dict(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, max_position_embeddings=64)
+ARCH = dict(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, max_position_embeddings=192)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a checkpoint directory (default: a fresh tiny model)")
     ap.add_argument("--hands", type=int, default=234)
+    ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (a study job: 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model:
@@ -35,21 +44,37 @@ def main() -> None:
         model = build_tiny_model(ARCH, tok, seed=0)
     hands = data.make_eval("ood", args.hands, 42, "compact")
 
-    def timed(batch_size: int):
-        gen = Generator(model, tok, "compact", GenerationSettings(args.max_new_tokens, batch_size, "greedy"))
-        t0 = time.perf_counter()
-        records = run_episodes(gen, hands, "compact", turns=1)
-        return time.perf_counter() - t0, records["responses"].to_list()
+    def timed(batch_size: int, reuse: bool, turns: int):
+        gen = Generator(model, tok, "compact", GenerationSettings(args.max_new_tokens, batch_size, "greedy"),
+                        reuse_cache=reuse)  # fmt: skip
+        read = []
+        generate_ids = gen.generate_ids
 
-    timed(args.hands)  # warm-up
-    batched_s, batched = timed(args.hands)
-    single_s, single = timed(1)
-    same = sum(a == b for a, b in zip(batched, single, strict=True))
-    print(f"model: {args.model or 'fresh tiny model'}; {args.hands} OOD hands, greedy, {args.threads} threads")
-    print(f"batched evaluator   : {args.hands / batched_s:8.1f} hands/s ({batched_s:.2f} s)")
-    print(f"one-at-a-time       : {args.hands / single_s:8.1f} hands/s ({single_s:.2f} s)")
-    print(f"speed-up            : {single_s / batched_s:8.1f}x (goal: >= 20x)")
-    print(f"identical answers   : {same}/{args.hands}")
+        def counting(prompts, **kwargs):
+            out = generate_ids(prompts, **kwargs)
+            read.append(gen.prefixes.last_read if reuse else sum(map(len, prompts)))
+            return out
+
+        gen.generate_ids = counting
+        t0 = time.perf_counter()
+        records = run_episodes(gen, hands, "compact", turns=turns)
+        return time.perf_counter() - t0, records, sum(read)
+
+    timed(args.hands, True, 1)  # warm-up
+    cached_s, cached, cached_read = timed(args.hands, True, args.turns)
+    whole_s, whole, whole_read = timed(args.hands, False, args.turns)
+    single_s, _, _ = timed(1, False, 1)
+    attempts = int(cached["turns"].sum())
+    same = sum(a == b for a, b in zip(cached["responses"].to_list(), whole["responses"].to_list(), strict=True))
+    print(f"model: {args.model or 'fresh tiny model'}; {args.hands} OOD hands, up to {args.turns} turns "
+          f"({attempts} attempts), greedy, {args.threads} thread(s)")  # fmt: skip
+    print("| way | seconds | tokens read | answers equal to whole dialogues |")
+    print("|---|---|---|---|")
+    print(f"| the project (KV cache continued across turns) | {cached_s:.2f} | {cached_read:,} | {same}/{args.hands} |")
+    print(f"| whole dialogues each turn | {whole_s:.2f} | {whole_read:,} | - |")
+    print(f"| one at a time (first turn only) | {single_s:.2f} | - | - |")
+    print(f"whole / project: {whole_s / cached_s:.2f}x; first turn one at a time / project's {args.turns} turns: "
+          f"{single_s / cached_s:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

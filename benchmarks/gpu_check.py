@@ -305,7 +305,8 @@ class GenerateCounter:
         def generate(*args, **kwargs):
             out = original(*args, **kwargs)
             prompt = kwargs.get("input_ids", args[0] if args else None)
-            self.tokens += out.shape[0] * (out.shape[1] - prompt.shape[1])
+            ids = getattr(out, "sequences", out)  # a dict output when a turn continues a cache
+            self.tokens += ids.shape[0] * (ids.shape[1] - prompt.shape[1])
             return out
 
         return (model, "generate", generate)

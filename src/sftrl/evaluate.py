@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sftrl.game import Verdict, check_formula
+from sftrl.prefix_cache import PrefixCache, generate_rows
 from sftrl.prompts import Template, get_template
 
 Dialogue = list[dict[str, str]]  # chat messages: {"role": "user" | "assistant", "content": ...}
@@ -187,7 +188,9 @@ class GenerationSettings:
 class Generator:
     """Batched generation for dialogues: left padding, KV cache, length-sorted batches."""
 
-    def __init__(self, model, tokenizer, template: Template | str, settings: GenerationSettings):
+    def __init__(
+        self, model, tokenizer, template: Template | str, settings: GenerationSettings, reuse_cache: bool = True
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
@@ -203,7 +206,16 @@ class Generator:
         if gen.eos_token_id is None:
             kwargs["eos_token_id"] = tokenizer.eos_token_id
         self.generate_kwargs = kwargs
+        # Each turn continues the previous turn's KV cache (sftrl.prefix_cache): the same answers
+        # without re-reading the dialogue; ``forget`` before other weights generate.
+        self.prefixes = PrefixCache() if reuse_cache else None
+        self._turn_prefixes: PrefixCache | None = None  # the cache of the turn being generated
         self.reseed()
+
+    def forget(self) -> None:
+        """Drop the cached turns (the weights changed, or a new set of dialogues starts)."""
+        if self.prefixes is not None:
+            self.prefixes.clear()
 
     def reseed(self) -> None:
         """Seed sampling (decoding: model) so each split's answers depend only on eval.seed."""
@@ -215,11 +227,29 @@ class Generator:
             return self.tokenizer.apply_chat_template(dialogue, tokenize=False, add_generation_prompt=True)
         return "".join(m["content"] for m in dialogue)
 
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # Chat templates already contain the special tokens they need.
-        return self.tokenizer(
-            list(texts), padding=True, return_tensors="pt", add_special_tokens=not self.template.chat
-        ).to(self.model.device)
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, unpadded (chat templates already hold their special tokens)."""
+        return self.tokenizer(list(texts), add_special_tokens=not self.template.chat)["input_ids"]
+
+    def next_turn(self, dialogues: int) -> None:
+        """Start a turn of ``dialogues`` dialogues. When they fit in one batch it continues the
+        previous turn's cache and keeps its own; otherwise every prompt is read whole and nothing
+        is kept, so memory stays bounded by the batch size (the run-only memory setting): the
+        cache of one batch at most twice over, never one per batch of a large evaluation."""
+        self._turn_prefixes = None
+        if self.prefixes is None:
+            return
+        if dialogues > self.settings.batch_size:
+            self.prefixes.clear()
+        else:
+            self.prefixes.next_turn()
+            self._turn_prefixes = self.prefixes
+
+    def generate_ids(self, prompts: list[list[int]], **kwargs) -> torch.Tensor:
+        """One batch of a turn (:meth:`next_turn`): the new token ids after each prompt (B, new),
+        continued from the previous turn's cache where a prompt extends one of its rows;
+        ``kwargs`` go to ``generate``."""
+        return generate_rows(self.model, prompts, self.tokenizer.pad_token_id, self._turn_prefixes, **kwargs)
 
     @torch.inference_mode()
     def __call__(self, dialogues: list[Dialogue]) -> list[str]:
@@ -227,11 +257,10 @@ class Generator:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
         out: list[str] = [""] * len(texts)
         bs = self.settings.batch_size
+        self.next_turn(len(texts))
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
-            enc = self.encode([texts[i] for i in idx])
-            gen = self.model.generate(**enc, **self.generate_kwargs)
-            new = gen[:, enc["input_ids"].shape[1] :]
+            new = self.generate_ids(self.encode([texts[i] for i in idx]), **self.generate_kwargs)
             for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 out[i] = text
         return out
@@ -259,6 +288,7 @@ def evaluate_model(
     results = {}
     for split, split_hands in hands.items():
         generator.reseed()
+        generator.forget()
         bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name} {split}", disable=not progress)
 
         def generate(dialogues, bar=bar):

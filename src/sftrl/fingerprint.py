@@ -39,11 +39,23 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+def _statements(body: list[ast.stmt]):
+    """Every statement in ``body`` and in the blocks nested in it (functions, classes, if, try,
+    with, loops, match): where an ``import`` can stand. Faster than ``ast.walk``, which also visits
+    every expression."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
+
+
 @cache
 def imported_modules(path: Path, module: str | None = None) -> frozenset[str]:
     """The ``sftrl`` modules that the source at ``path`` imports (``module``: its own name)."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
-    nodes = tree.body if module in DISPATCHERS else ast.walk(tree)
+    nodes = tree.body if module in DISPATCHERS else _statements(tree.body)
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):

@@ -273,14 +273,19 @@ class Sampler:
         self.eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos])
         self.calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
+    def forget(self) -> None:
+        """Drop the cached turns: call before each rollout (the policy changed since the last)."""
+        self.generator.forget()
+
     @torch.no_grad()
     def __call__(self, dialogues) -> list[str]:
         texts = [self.generator.render(d) for d in dialogues]
         pairs = []
+        self.generator.next_turn(len(texts))  # continues the previous turn's KV cache (one batch)
         for start in range(0, len(texts), self.cfg.rollout_batch_size):
-            enc = self.generator.encode(texts[start : start + self.cfg.rollout_batch_size])
-            out = self.policy.generate(
-                **enc,
+            prompts = self.generator.encode(texts[start : start + self.cfg.rollout_batch_size])
+            out = self.generator.generate_ids(
+                prompts,
                 do_sample=True,
                 temperature=self.cfg.temperature,
                 top_k=0,
@@ -289,14 +294,11 @@ class Sampler:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.eos_ids.tolist(),
             ).cpu()
-            ids, keep = enc["input_ids"].cpu(), enc["attention_mask"].cpu().bool()
-            for row in range(len(ids)):
-                context = ids[row][keep[row]]  # without the left padding
-                response = out[row, ids.shape[1] :]
+            for prompt, response in zip(prompts, out, strict=True):
                 is_eos = torch.isin(response, self.eos_ids)
                 if is_eos.any():  # keep the first EOS, drop the padding after it
                     response = response[: int(is_eos.int().argmax()) + 1]
-                pairs.append((context, response))
+                pairs.append((torch.tensor(prompt, dtype=torch.long), response))
         self.calls.append(pairs)
         return self.tokenizer.batch_decode([r for _, r in pairs], skip_special_tokens=True)
 
@@ -320,6 +322,7 @@ def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig, c
     from sftrl.evaluate import run_episodes
 
     sampler.calls = []
+    sampler.forget()
     records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic, check)
     taken = records["turns"].to_list()
     rewards = records["rewards"].to_list()
