@@ -234,8 +234,9 @@ class Generator:
     def next_turn(self, dialogues: int) -> None:
         """Start a turn of ``dialogues`` dialogues. When they fit in one batch it continues the
         previous turn's cache and keeps its own; otherwise every prompt is read whole and nothing
-        is kept, so memory stays bounded by the batch size (the run-only memory setting): the
-        cache of one batch at most twice over, never one per batch of a large evaluation."""
+        is kept, so memory stays bounded by the batch size (the run-only memory setting): one
+        batch's cache kept between turns (and copied once as the next turn starts), never one
+        cache per batch of a large evaluation (``sftrl.prefix_cache``: when else it reads whole)."""
         self._turn_prefixes = None
         if self.prefixes is None:
             return
@@ -297,6 +298,7 @@ def evaluate_model(
             return answers
 
         records = run_episodes(generate, split_hands, template, turns, arithmetic)
+        generator.forget()
         bar.close()
         results[split] = (records, summarise(records, turns))
     return results

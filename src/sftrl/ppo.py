@@ -323,7 +323,10 @@ def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig, c
 
     sampler.calls = []
     sampler.forget()
-    records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic, check)
+    try:
+        records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic, check)
+    finally:
+        sampler.forget()  # the last turn's cache is not needed by scoring and the update: free it
     taken = records["turns"].to_list()
     rewards = records["rewards"].to_list()
     pairs, episode, turn, reward = [], [], [], []

@@ -4,23 +4,34 @@ An episode of the study is a dialogue of up to five attempts; each turn's prompt
 turn's prompt, the model's answer and the verifier's feedback. Generating each turn from its whole
 prompt re-reads ("prefills") everything before it: in a 5-turn evaluation of the tiny model that
 prefill is most of the work. A :class:`PrefixCache` keeps the keys and values a batched ``generate``
-computed for each row (prompt and answer) and starts the next turn's row from the longest prefix
-of its token ids that it holds, so only the new tokens (the feedback, or whatever differs) are read.
+computed for each row (prompt and answer). A row of the next turn whose prompt extends a stored
+row's prompt starts from the tokens the two share (its earlier turns, as token ids), so only the
+new tokens (the feedback, or whatever differs) are read.
 
 It is a cache, not an approximation: the keys and values of a token depend only on the tokens
 before it and their positions, so a row continued from the cache is the same computation as one
 prefilled whole, up to floating-point rounding (the cached values come from the decoding steps
-that produced them; tests/test_evaluate.py checks that greedy answers agree). The match is made on
-token ids, never on text, so an answer that re-tokenises differently after decoding, or a chat
-template that rewrites earlier turns, simply matches less.
+that produced them; tests/test_prefix_cache.py checks that greedy and sampled answers agree).
+The match is made on token ids, never on text: an answer that re-tokenises differently after
+decoding reuses less, and a template that rewrites earlier turns (so that the previous prompt is
+no longer a prefix) reuses nothing. Logits processors that read the input ids (a repetition
+penalty) see the ids a whole prefill would: masked slots repeat a token of the row, or are padding
+where the row would have been padded.
 
-Rules of use: a turn is one batch (``sftrl.evaluate.Generator`` keeps the cache only when a turn's
-dialogues fit in one batch, so the run-only batch size still bounds memory: while a batch is
-generated it holds the previous turn's cache and its own); the cache must be cleared (``clear``)
-whenever the weights change, e.g. before each PPO rollout. Only caches made of plain
-``DynamicLayer`` layers are reused (decoder-only models with full attention: Llama, Qwen2, the tiny
-model); any other cache type (sliding windows, cross attention, quantised caches) turns reuse off
-and every turn is prefilled whole, as without it.
+When it is used (anything else prefills every turn whole, as without it):
+
+* a turn is one batch: ``sftrl.evaluate.Generator`` keeps the cache only when a turn's dialogues
+  fit in one batch, so the run-only batch size still bounds memory: one batch's cache is kept
+  between turns, copied once into the next turn's batch, then freed;
+* float32 caches only: in bf16/fp16 a value computed while decoding and the same value computed
+  in a prefill differ by a coarse rounding that could flip a near-tie; on the GPU the prefill is
+  cheap anyway;
+* plain ``DynamicLayer`` layers whose keys all have one length (decoder-only models with full
+  attention: Llama, Qwen2, the tiny model); sliding windows, Llama-3.2-Vision's cross-attention
+  layers and quantised caches turn reuse off;
+* one sequence per prompt (no beam search, no ``num_return_sequences``).
+
+The cache must be cleared (``clear``) whenever the weights change, e.g. before each PPO rollout.
 """
 
 from __future__ import annotations
@@ -65,9 +76,9 @@ class PrefixCache:
         self._previous, self._lengths = {}, []
 
     def match(self, prompt: list[int]) -> tuple[_Batch, int, int] | None:
-        """``(batch, row, n)``: the stored row sharing the longest prefix with ``prompt`` (found
-        through the row's own prompt, a prefix of ``prompt``) and the ``n`` tokens it can supply,
-        at most ``len(prompt) - 1`` (generation must read at least one token); None if none."""
+        """``(batch, row, n)``: the stored row whose prompt ``prompt`` extends (the longest such)
+        and the ``n`` leading tokens the two share, which the row can supply, at most
+        ``len(prompt) - 1`` (generation must read at least one token); None if none."""
         for length in self._lengths:
             if length > len(prompt):
                 continue
@@ -111,8 +122,17 @@ class PrefixCache:
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         layers = getattr(cache, "layers", None)
-        if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
-            self.enabled = False  # a cache of another kind: prefill every turn whole
+        plain = (
+            type(cache) is DynamicCache
+            and layers
+            and all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
+        )
+        if not plain or len({(layer.keys.shape[2], layer.keys.dtype) for layer in layers}) != 1:
+            self.enabled = False  # another kind of cache (cross-attention layers hold no keys): prefill whole
+            self.clear()
+            return
+        if layers[0].keys.dtype != torch.float32:
+            self.enabled = False  # see the module docstring: half precision prefills every turn whole
             self.clear()
             return
         length = layers[0].keys.shape[2]
@@ -129,28 +149,40 @@ def generate_rows(model, prompts: list[list[int]], pad_id: int, cache: PrefixCac
     """``model.generate`` for one batch of prompts (token id lists, no padding); the new tokens
     (B, new), padding after an end of sequence included, as ``generate`` returns them. With a
     ``cache`` each row starts from the longest prefix the cache holds and the batch is stored."""
-    hits = [cache.match(p) for p in prompts] if cache is not None and cache.enabled else [None] * len(prompts)
+    gc = model.generation_config
+    beams = kwargs.get("num_beams", gc.num_beams) or 1
+    if cache is not None and (beams > 1 or (kwargs.get("num_return_sequences", gc.num_return_sequences) or 1) > 1):
+        cache.enabled = False  # several sequences per prompt: rows would not line up
+        cache.clear()
+    if cache is not None and not cache.enabled:
+        cache = None
+    hits = [cache.match(p) for p in prompts] if cache is not None else [None] * len(prompts)
     cached = [h[2] if h else 0 for h in hits]
     width = max(cached)
     fresh = max(len(p) - n for p, n in zip(prompts, cached, strict=True))
-    device = model.device
+    longest = max(map(len, prompts))
     ids = torch.full((len(prompts), width + fresh), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for j, (p, n) in enumerate(zip(prompts, cached, strict=True)):
-        # the cached part right-aligned before `width`, the part to read right-aligned at the end
+        # the cached part right-aligned before `width`, the part to read right-aligned at the end;
+        # masked slots hold padding only where a whole prefill pads this row (it is shorter than
+        # the longest prompt), else its first token: processors that read the ids (a repetition
+        # penalty) see the same set of ids as in a whole prefill
+        if len(p) == longest:
+            ids[j] = p[0]
         ids[j, width - n : width] = torch.tensor(p[:n], dtype=torch.long)
         ids[j, ids.shape[1] - (len(p) - n) :] = torch.tensor(p[n:], dtype=torch.long)
         mask[j, width - n : width] = 1
         mask[j, ids.shape[1] - (len(p) - n) :] = 1
+    device = model.device
     ids, mask = ids.to(device), mask.to(device)
-    if cache is not None:
-        cache.last_read = sum(len(p) for p in prompts) - sum(cached)
-        cache.read, cache.reused = cache.read + cache.last_read, cache.reused + sum(cached)
-    extra = {"cache": cache.past(hits, width)} if width else {}
-    if cache is not None:
-        cache.release()  # the previous turn's tensors: copied into this batch's cache, freed now
-    if cache is None or not cache.enabled:
+    if cache is None:
         return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
+    cache.last_read = sum(len(p) for p in prompts) - sum(cached)
+    cache.read, cache.reused = cache.read + cache.last_read, cache.reused + sum(cached)
+    extra = {"cache": cache.past(hits, width)} if width else {}
+    del hits  # with the cache's own references (release), the last ones to the previous turn's rows:
+    cache.release()  # copied into this batch's cache, they are freed before it generates
     out = model.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True, **extra, **kwargs)
     sequences = out.sequences
     full_mask = torch.cat([mask, mask.new_ones((mask.shape[0], sequences.shape[1] - mask.shape[1]))], dim=1)
