@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftrl.config import LONGEST_SOLUTION_CHARS, ConfigError, check_files, positions_needed, short, validate
+from sftrl.config import (
+    LONGEST_SOLUTION_CHARS,
+    ConfigError,
+    check_files,
+    positions_needed,
+    seeds_from_command_line,
+    short,
+    validate,
+)
 
 from conftest import ROOT, default_config, reduced_config, run_snakemake
 
@@ -273,6 +281,17 @@ def test_alias_bomb_in_a_typed_field_gives_a_short_message():
         validate(cfg)
     assert "data.sft_size" in str(err.value) and len(str(err.value)) < 1000
     assert len(short(BOMB)) <= 200 and short("x" * 10**6).endswith("...")
+
+
+def test_seeds_from_the_command_line_become_integers_signs_included():
+    """`--config 'seeds=[-1]'` reaches the config as strings: a negative seed is named as out of
+    range, not as text; what is not a number is left for the schema to name."""
+    assert seeds_from_command_line({"seeds": ["0", " 2", "-1", "+3"]})["seeds"] == [0, 2, -1, 3]
+    assert seeds_from_command_line({"seeds": ["a", "1"]})["seeds"] == ["a", "1"]
+    cfg = reduced_config()
+    cfg["seeds"] = ["-1"]
+    with pytest.raises(ConfigError, match=r"seeds\[0\]: -1 is out of range: expected at least 0"):
+        validate(seeds_from_command_line(cfg))
 
 
 # ---------------------------------------------------------------------------------------------

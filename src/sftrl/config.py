@@ -481,9 +481,10 @@ def prepare(cfg: dict, overrides: dict, files=(), schema_path: str | os.PathLike
 
 def seeds_from_command_line(cfg: dict) -> dict:
     """``--config seeds=[0,1,2]`` as integers (in place): Snakemake reads a list given on the
-    command line as strings. Anything else is left for :func:`validate` to name."""
+    command line as strings (a sign included, so ``seeds=[-1]`` is named as out of range, not as
+    text). Anything else is left for :func:`validate` to name."""
     seeds = cfg.get("seeds") if isinstance(cfg, dict) else None
-    if isinstance(seeds, list) and all(isinstance(s, str) and s.strip().isdigit() for s in seeds):
+    if isinstance(seeds, list) and all(isinstance(s, str) and re.fullmatch(r"[+-]?\d+", s.strip()) for s in seeds):
         cfg["seeds"] = [int(s) for s in seeds]
     return cfg
 
