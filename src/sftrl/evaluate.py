@@ -289,7 +289,6 @@ def evaluate_model(
     results = {}
     for split, split_hands in hands.items():
         generator.reseed()
-        generator.forget()
         bar = tqdm(total=turns, desc=f"evaluate {Path(model_dir).name} {split}", disable=not progress)
 
         def generate(dialogues, bar=bar):
@@ -298,7 +297,7 @@ def evaluate_model(
             return answers
 
         records = run_episodes(generate, split_hands, template, turns, arithmetic)
-        generator.forget()
+        generator.forget()  # the next split starts from nothing (and its last turn is not kept)
         bar.close()
         results[split] = (records, summarise(records, turns))
     return results

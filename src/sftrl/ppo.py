@@ -274,7 +274,7 @@ class Sampler:
         self.calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def forget(self) -> None:
-        """Drop the cached turns: call before each rollout (the policy changed since the last)."""
+        """Drop the cached turns: :func:`play` calls it after each rollout (the update changes the policy)."""
         self.generator.forget()
 
     @torch.no_grad()
@@ -322,11 +322,11 @@ def play(sampler: Sampler, hands: pl.DataFrame, template: str, cfg: PPOConfig, c
     from sftrl.evaluate import run_episodes
 
     sampler.calls = []
-    sampler.forget()
     try:
         records = run_episodes(sampler, hands, template, cfg.turns, cfg.arithmetic, check)
     finally:
-        sampler.forget()  # the last turn's cache is not needed by scoring and the update: free it
+        # the update changes the weights, and scoring needs no cache: the next rollout starts empty
+        sampler.forget()
     taken = records["turns"].to_list()
     rewards = records["rewards"].to_list()
     pairs, episode, turn, reward = [], [], [], []

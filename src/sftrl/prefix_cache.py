@@ -31,7 +31,7 @@ When it is used (anything else prefills every turn whole, as without it):
   layers and quantised caches turn reuse off;
 * one sequence per prompt (no beam search, no ``num_return_sequences``).
 
-The cache must be cleared (``clear``) whenever the weights change, e.g. before each PPO rollout.
+The cache must be cleared (``clear``) before the weights change, e.g. after each PPO rollout.
 """
 
 from __future__ import annotations
@@ -127,12 +127,12 @@ class PrefixCache:
             and layers
             and all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
         )
-        if not plain or len({(layer.keys.shape[2], layer.keys.dtype) for layer in layers}) != 1:
-            self.enabled = False  # another kind of cache (cross-attention layers hold no keys): prefill whole
-            self.clear()
-            return
-        if layers[0].keys.dtype != torch.float32:
-            self.enabled = False  # see the module docstring: half precision prefills every turn whole
+        # another kind of cache (cross-attention layers hold no keys), or half precision (see the
+        # module docstring): every turn from now on is read whole
+        if not plain or {(layer.keys.shape[2], layer.keys.dtype) for layer in layers} != {
+            (layers[0].keys.shape[2], torch.float32)
+        }:
+            self.enabled = False
             self.clear()
             return
         length = layers[0].keys.shape[2]
@@ -170,10 +170,9 @@ def generate_rows(model, prompts: list[list[int]], pad_id: int, cache: PrefixCac
         # penalty) see the same set of ids as in a whole prefill
         if len(p) == longest:
             ids[j] = p[0]
-        ids[j, width - n : width] = torch.tensor(p[:n], dtype=torch.long)
-        ids[j, ids.shape[1] - (len(p) - n) :] = torch.tensor(p[n:], dtype=torch.long)
-        mask[j, width - n : width] = 1
-        mask[j, ids.shape[1] - (len(p) - n) :] = 1
+        for part, tokens in ((slice(width - n, width), p[:n]), (slice(ids.shape[1] - (len(p) - n), None), p[n:])):
+            ids[j, part] = torch.tensor(tokens, dtype=torch.long)
+            mask[j, part] = 1
     device = model.device
     ids, mask = ids.to(device), mask.to(device)
     if cache is None:
