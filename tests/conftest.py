@@ -20,6 +20,19 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The README's `pytest` runs two pytest-xdist workers, each taking whole files (pyproject.toml:
+# `-n 2 --dist loadfile --no-loadscope-reorder`). The files whose fixtures run a study go out
+# first, in this order, so the two workers start on the long runs side by side (one builds the
+# shared reduced study, then its second seed; the other runs the rehearsal, then the SLURM
+# study) and the short tests fill in behind them, instead of one long run being left alone at
+# the end.
+FIRST = ("test_envs.py", "test_rehearsal.py", "test_rebuild.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: each file keeps its order
+
 
 def default_config() -> dict:
     with open(ROOT / "config.yaml") as fh:
@@ -156,14 +169,45 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     return path
 
 
+def _built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """``build(path)`` run once per test session, even across pytest-xdist's workers (the README's
+    test command runs two): the first worker to ask builds under the run's shared temporary
+    directory while holding a lock; the others wait for it and get the same path. ``build``
+    raising fails every test that asked, in each worker, without a second attempt."""
+    if worker_id == "master":  # not under xdist (pytest -n 0)
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # one directory for all workers of this run
+    path, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
+        if failed.exists():
+            raise AssertionError(f"{name} failed in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a worker that died while building left it half made
+            path.mkdir()
+            try:
+                build(path)
+            except BaseException as exc:
+                failed.write_text(str(exc)[-20000:])
+                raise
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
-def reduced_study(tmp_path_factory) -> Path:
+def reduced_study(tmp_path_factory, worker_id) -> Path:
     """A completed run of the reduced study (every stage), shared by the tests that only read it
-    or dry-run against it. Returns the working directory (results under results/test/)."""
-    workdir = tmp_path_factory.mktemp("reduced-study")
-    write_config(workdir, reduced_config())
-    run_snakemake(workdir, "--cores", "2")
-    return workdir
+    or dry-run against it (a test that changes it works on a copy). Returns the working directory
+    (results under results/test/)."""
+
+    def build(workdir: Path) -> None:
+        write_config(workdir, reduced_config())
+        run_snakemake(workdir, "--cores", "2")
+
+    return _built_once(tmp_path_factory, worker_id, "reduced-study", build)
 
 
 # A job in Snakemake's output: its rule and the indented lines under it (wildcards among them).
@@ -171,17 +215,20 @@ JOB = re.compile(r"^(?:local)?rule (\w+):\n(?P<body>(?:    .*\n)*)", re.M)
 
 
 @pytest.fixture(scope="session")
-def two_seeds(reduced_study, tmp_path_factory) -> Path:
+def two_seeds(reduced_study, tmp_path_factory, worker_id) -> Path:
     """The reduced study with a second seed added and run: only seed 1's jobs and the tables
     across seeds ran (checked here, from the run's own job list). Shared by the seed tests of
     test_rebuild and the end-to-end test of test_workflow (another seed trains other models)."""
-    work = tmp_path_factory.mktemp("two-seeds") / "study"
-    shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
-    cfg = reduced_config()
-    cfg["seeds"] = [0, 1]
-    write_config(work, cfg)
-    proc = run_snakemake(work, "--cores", "2")
-    out = proc.stdout + proc.stderr
-    ran = [(m.group(1), m.group("body")) for m in JOB.finditer(out)]
-    assert ran and not [r for r, body in ran if "seed=0" in body], [r for r, _ in ran]
-    return work
+
+    def build(root: Path) -> None:
+        work = root / "study"
+        shutil.copytree(reduced_study, work, symlinks=True)  # results and .snakemake with their dates
+        cfg = reduced_config()
+        cfg["seeds"] = [0, 1]
+        write_config(work, cfg)
+        proc = run_snakemake(work, "--cores", "2")
+        out = proc.stdout + proc.stderr
+        ran = [(m.group(1), m.group("body")) for m in JOB.finditer(out)]
+        assert ran and not [r for r, body in ran if "seed=0" in body], [r for r, _ in ran]
+
+    return _built_once(tmp_path_factory, worker_id, "two-seeds", build) / "study"
