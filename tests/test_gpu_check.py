@@ -56,6 +56,7 @@ def number(cell: str) -> float:
     return float(cell.replace(",", "").removesuffix(" GiB"))
 
 
+@pytest.mark.slow  # trains: an SFT step and a PPO update
 @pytest.mark.parametrize("args", [[], TINY], ids=["rehearsal-model", "scale-tiny"])
 def test_cpu_mode(tmp_path, args):
     stdout, figures = run_check(tmp_path, *args)

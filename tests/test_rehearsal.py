@@ -20,6 +20,8 @@ from conftest import ROOT, run_snakemake
 
 CONFIG = ROOT / "config" / "rehearsal.yaml"
 
+pytestmark = pytest.mark.slow  # the whole workflow on the chat model (~2 minutes)
+
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
