@@ -174,13 +174,12 @@ def _built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
     test command runs two): the first worker to ask builds under the run's shared temporary
     directory while holding a lock; the others wait for it and get the same path. ``build``
     raising fails every test that asked, in each worker, without a second attempt."""
-    if worker_id == "master":  # not under xdist (pytest -n 0)
-        path = tmp_path_factory.mktemp(name)
-        build(path)
-        return path
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent  # one directory for all workers of this run
+    # the run's temporary directory: each xdist worker's basetemp lies below it (pytest -n 0: it is
+    # the basetemp itself)
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
     path, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
     with FileLock(str(root / f"{name}.lock")):
         if failed.exists():

@@ -71,6 +71,11 @@ class PrefixCache:
         self._previous, self._current = self._current, {}
         self._lengths = sorted({len(k) for k in self._previous}, reverse=True)
 
+    def disable(self) -> None:
+        """Stop reusing for good (a cache or a generation it cannot continue): every turn is read whole."""
+        self.enabled = False
+        self.clear()
+
     def release(self) -> None:
         """Drop the previous turn's rows (once its one batch has taken what it needs)."""
         self._previous, self._lengths = {}, []
@@ -132,8 +137,7 @@ class PrefixCache:
         if not plain or {(layer.keys.shape[2], layer.keys.dtype) for layer in layers} != {
             (layers[0].keys.shape[2], torch.float32)
         }:
-            self.enabled = False
-            self.clear()
+            self.disable()
             return
         length = layers[0].keys.shape[2]
         batch = _Batch(keys=[layer.keys for layer in layers], values=[layer.values for layer in layers],
@@ -152,8 +156,7 @@ def generate_rows(model, prompts: list[list[int]], pad_id: int, cache: PrefixCac
     gc = model.generation_config
     beams = kwargs.get("num_beams", gc.num_beams) or 1
     if cache is not None and (beams > 1 or (kwargs.get("num_return_sequences", gc.num_return_sequences) or 1) > 1):
-        cache.enabled = False  # several sequences per prompt: rows would not line up
-        cache.clear()
+        cache.disable()  # several sequences per prompt: rows would not line up
     if cache is not None and not cache.enabled:
         cache = None
     hits = [cache.match(p) for p in prompts] if cache is not None else [None] * len(prompts)
