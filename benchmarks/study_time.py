@@ -14,11 +14,22 @@ Two records of every job are read back:
 
 Prints one row per stage (the folder of the job's log) -- jobs, summed and largest wall time, mean
 imports, largest imports, summed work -- then the jobs with the largest import times.
+
+Then the schedule, from Snakemake's own records of the jobs that made the study's files
+(``.snakemake/metadata`` of the working directory above the results: each output's rule, inputs,
+and the start and end of the job that made it): how long the study took from its first job's start
+to its last job's end, how much job time that held, and the **critical path** -- the longest chain
+of jobs each of which reads what the one before it made. No schedule, on any number of cores, can
+finish these jobs faster than that chain (each job taking as long as it took in this run). The
+chain follows input files only: a job that waited for a Snakemake checkpoint (the edits and
+spectra that ``peak_ood`` decides) counts as if it had not, so the figure is a lower bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import re
 import statistics
 from pathlib import Path
@@ -55,10 +66,101 @@ def _read_scope(scope: Path, suffix: str) -> list[dict]:
     return rows
 
 
+def snakemake_jobs(results: Path) -> list[dict]:
+    """The jobs that made the files under ``results`` as Snakemake recorded them: one dict per
+    job with its rule, outputs and inputs (paths as Snakemake wrote them, relative to its working
+    directory), start and end, and a name (its shortest output's path under ``results``). Records
+    of files that no longer exist are left out; [] when no working directory above ``results``
+    has Snakemake's metadata."""
+    results = results.resolve()
+    workdir = next((p for p in (results, *results.parents) if (p / ".snakemake" / "metadata").is_dir()), None)
+    if workdir is None:
+        return []
+    meta = workdir / ".snakemake" / "metadata"
+    scope = results.relative_to(workdir).as_posix() + "/"
+    jobs: dict[tuple, dict] = {}
+    for record in meta.rglob("*"):
+        if not record.is_file():
+            continue
+        # Snakemake names a record by the url-safe base64 of its file's path, cut into folders
+        # ("@"-prefixed) where the name would be too long for the file system.
+        parts = record.relative_to(meta).parts
+        try:
+            path = base64.urlsafe_b64decode("".join(p.removeprefix("@") for p in parts)).decode()
+            info = json.loads(record.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not path.startswith(scope) or not (workdir / path).exists() or info.get("starttime") is None:
+            continue
+        job = jobs.setdefault(
+            (info["rule"], info.get("job_hash")),
+            {"rule": info["rule"], "outputs": [], "inputs": set(), "start": info["starttime"], "end": 0.0},
+        )
+        job["outputs"].append(path)
+        job["name"] = min(job["outputs"], key=len).removeprefix(scope)
+        job["inputs"].update(info.get("input") or [])
+        job["start"] = min(job["start"], info["starttime"])
+        job["end"] = max(job["end"], info.get("endtime") or info["starttime"])
+    return sorted(jobs.values(), key=lambda j: (j["start"], j["rule"]))
+
+
+def critical_path(jobs: list[dict]) -> list[dict]:
+    """The longest chain of ``jobs`` (by each one's end - start) in which every job reads a file
+    (or a file inside a folder) that the one before it made and started after it ended."""
+    jobs = sorted(jobs, key=lambda j: j["start"])  # whatever a job waited for started before it
+    made_by = {out: i for i, job in enumerate(jobs) for out in job["outputs"]}
+    longest, before = [0.0] * len(jobs), [None] * len(jobs)
+    for i, job in enumerate(jobs):
+        waited = set()
+        for path in job["inputs"]:
+            for candidate in (path, *(str(p) for p in Path(path).parents)):
+                if candidate in made_by:
+                    waited.add(made_by[candidate])
+                    break
+        waited = [k for k in waited if k != i and jobs[k]["end"] <= job["start"] + 1e-3]
+        best = max(waited, key=lambda k: longest[k], default=None)
+        before[i] = best
+        longest[i] = (job["end"] - job["start"]) + (longest[best] if best is not None else 0.0)
+    i = max(range(len(jobs)), key=lambda k: longest[k], default=None)
+    chain = []
+    while i is not None:
+        chain.append(jobs[i])
+        i = before[i]
+    return chain[::-1]
+
+
+def print_schedule(results: Path, jobs_at_once: int) -> None:
+    jobs = snakemake_jobs(results)
+    if not jobs:
+        print(f"\nno Snakemake records of {results}'s jobs (.snakemake/metadata): no schedule")
+        return
+    span = max(j["end"] for j in jobs) - min(j["start"] for j in jobs)
+    busy = sum(j["end"] - j["start"] for j in jobs)
+    chain = critical_path(jobs)
+    total = sum(j["end"] - j["start"] for j in chain)
+    print(f"\nschedule (Snakemake's records): {len(jobs)} jobs from the first start to the last end in {span:.0f} s, "
+          f"{busy:.0f} s of job time ({busy / span:.2f} jobs at once on average)")  # fmt: skip
+    print(
+        f"critical path: {total:.0f} s in {len(chain)} jobs, each reading what the one before made "
+        "(no schedule on any number of cores is shorter; checkpoints' waits not counted)"
+    )
+    print(f"with {jobs_at_once} jobs at once: no schedule is shorter than {max(total, busy / jobs_at_once):.0f} s "
+          f"(the critical path, or the job time / {jobs_at_once}: {busy / jobs_at_once:.0f} s), if each job takes "
+          "as long as it took here\n")  # fmt: skip
+    print("| job | rule | s | started at s |")
+    print("|---|---|---|---|")
+    first = min(j["start"] for j in jobs)
+    for job in chain:
+        print(f"| {job['name']} | {job['rule']} | {job['end'] - job['start']:.1f} | {job['start'] - first:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="?", default="results/tiny", help="a study's results directory")
     ap.add_argument("--worst", type=int, default=3, help="how many of the slowest-starting jobs to list")
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="jobs at once, for the bound on the schedule (2: profiles/default)"
+    )
     args = ap.parse_args()
     rows = read(Path(args.results))
     if not rows:
@@ -81,6 +183,7 @@ def main() -> None:
     print("\nlargest import times: " + "; ".join(f"{r['stage']}/{r['job']} {r['imports']:.2f} s" for r in worst))
     print(f"all jobs: imports {sum(r['imports'] for r in rows):.0f} s, work {sum(r['work'] for r in rows):.0f} s "
           "(wall s: Snakemake's benchmark records, where a stage has them; '–' where it has none)")  # fmt: skip
+    print_schedule(Path(args.results), args.jobs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""benchmarks/study_time.py's schedule: Snakemake's records of a study's jobs read back, and the
+critical path (the longest chain of jobs each reading what the one before made) through them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import study_time  # noqa: E402
+
+sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def job(name: str, start: float, end: float, inputs=(), outputs=None) -> dict:
+    return {"rule": name, "name": name, "start": start, "end": end, "inputs": set(inputs), "outputs": outputs or [name]}
+
+
+def test_the_critical_path_is_the_longest_chain_of_reads():
+    # data -> base -> {short, long} -> table: the chain through the long branch, 1 + 10 + 7 + 1
+    jobs = [
+        job("data", 0, 1),
+        job("base", 1, 11, ["data"], ["models/base"]),
+        job("short", 11, 13, ["models/base/model.safetensors"]),  # a file inside the base's folder
+        job("long", 11, 18, ["models/base"]),
+        job("table", 18, 19, ["short", "long"]),
+        job("late", 19, 20, ["data"]),  # reads the data only: its own chain is 2 s
+    ]
+    chain = study_time.critical_path(jobs[::-1])  # in any order
+    assert [j["name"] for j in chain] == ["data", "base", "long", "table"]
+    # a record of a file made after its reader started (remade by a later run) is no dependency
+    remade, reader = job("long", 30, 37, ["models/base"]), job("table", 18, 28, ["long"])
+    assert [j["name"] for j in study_time.critical_path([remade, reader])] == ["table"]
+    assert study_time.critical_path([]) == []
+
+
+def write_record(meta: Path, path: str, record: dict, max_len: int = 255) -> None:
+    """A metadata record where Snakemake puts it (snakemake.persistence.file: the url-safe base64
+    of the path, cut into "@"-prefixed folders of max_len - 1 characters)."""
+    b64 = base64.urlsafe_b64encode(path.encode()).decode()
+    parts = [b64[i : i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    target = meta.joinpath(*("@" + p for p in parts[:-1]), parts[-1])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record))
+
+
+def test_records_are_read_back_by_job_and_long_names_decoded(tmp_path):
+    meta = tmp_path / ".snakemake" / "metadata"
+    long_dir = "results/s/eval/" + "/".join(["x" * 50] * 4)  # a record name split into folders
+    for path, rule, job_hash, start, end in [
+        ("results/s/a.json", "one", 1, 10.0, 12.0),
+        ("results/s/b.json", "one", 1, 10.5, 12.5),  # the same job's second output
+        (f"{long_dir}/id.json", "two", 2, 13.0, 15.0),
+        ("results/s/gone.json", "three", 3, 1.0, 2.0),  # removed since: left out
+        ("results/other/c.json", "four", 4, 1.0, 2.0),  # another study: left out
+    ]:
+        write_record(meta, path, {"rule": rule, "job_hash": job_hash, "input": ["results/s/data"],
+                                  "starttime": start, "endtime": end}, max_len=100)  # fmt: skip
+        if "gone" not in path:
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).touch()
+    (meta / "not-base64!").write_text("{}")  # anything else in the folder is passed over
+    jobs = study_time.snakemake_jobs(tmp_path / "results" / "s")
+    assert [(j["rule"], j["name"], j["start"], j["end"]) for j in jobs] == [
+        ("one", "a.json", 10.0, 12.5),
+        ("two", long_dir.removeprefix("results/s/") + "/id.json", 13.0, 15.0),
+    ]
+    assert study_time.snakemake_jobs(tmp_path / "results" / "nowhere") == []
+    assert study_time.snakemake_jobs(Path("/")) == []
+
+
+def test_the_reduced_study_schedule(reduced_study):
+    results = reduced_study / "results" / "test"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), str(results)],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    jobs = study_time.snakemake_jobs(results)
+    n, span, busy = re.search(
+        r"schedule \(Snakemake's records\): (\d+) jobs .* in (\d+) s, (\d+) s of job time", out
+    ).groups()
+    assert int(n) == len(jobs) == len(list(results.rglob("logs/**/*.log"))) > 40  # one record per job, as logs
+    total, length = map(int, re.search(r"critical path: (\d+) s in (\d+) jobs", out).groups())
+    rows = re.findall(r"^\| (\S+) \| (\w+) \| ([\d.]+) \| (\d+) \|$", out, re.M)
+    assert len(rows) == length and abs(sum(float(r[2]) for r in rows) - total) <= 1
+    assert total <= int(span) + 1 and int(busy) >= total - 1
+    bound = int(re.search(r"with 2 jobs at once: no schedule is shorter than (\d+) s", out).group(1))
+    assert abs(bound - max(total, int(busy) / 2)) <= 1
+    # the chain starts with the data and the base and every job in it reads what the one before made
+    assert rows[0][1].startswith("data_") and rows[1][1] == "base"
+    by_name = {j["name"]: j for j in jobs}
+    for before, after in zip(rows, rows[1:], strict=False):
+        made, read = by_name[before[0]]["outputs"], by_name[after[0]]["inputs"]
+        assert any(r == m or r.startswith(m + "/") for r in read for m in made), (before[0], after[0])
+    # ... and nothing else is longer: the base and every SFT segment after it are one chain
+    sft = sorted((j for j in jobs if j["rule"] == "sft"), key=lambda j: j["start"])
+    along = [j for j in jobs if j["rule"] in ("data_pretrain", "base")] + sft
+    assert total >= sum(j["end"] - j["start"] for j in along) - 1
+
+
+@pytest.mark.parametrize("args", [["--jobs", "2"], []])
+def test_no_records_no_schedule(tmp_path, args):
+    (tmp_path / "logs" / "x").mkdir(parents=True)
+    (tmp_path / "logs" / "x" / "j.log").write_text(
+        "job: timing: imports 1.00 s (0.50 s before the job's code, 0.50 s inside it), other work 2.00 s\n"
+    )
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), str(tmp_path), *args],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "no Snakemake records" in proc.stdout and "| x | 1 |" in proc.stdout
