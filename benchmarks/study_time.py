@@ -138,15 +138,15 @@ def print_schedule(results: Path, jobs_at_once: int) -> None:
     busy = sum(j["end"] - j["start"] for j in jobs)
     chain = critical_path(jobs)
     total = sum(j["end"] - j["start"] for j in chain)
+    at_once = f"{busy / span:.2f}" if span > 0 else "–"
+    slots = f"{jobs_at_once} job{'s' if jobs_at_once > 1 else ''}"
     print(f"\nschedule (Snakemake's records): {len(jobs)} jobs from the first start to the last end in {span:.0f} s, "
-          f"{busy:.0f} s of job time ({busy / span:.2f} jobs at once on average)")  # fmt: skip
-    print(
-        f"critical path: {total:.0f} s in {len(chain)} jobs, each reading what the one before made "
-        "(no schedule on any number of cores is shorter; checkpoints' waits not counted)"
-    )
-    print(f"with {jobs_at_once} jobs at once: no schedule is shorter than {max(total, busy / jobs_at_once):.0f} s "
-          f"(the critical path, or the job time / {jobs_at_once}: {busy / jobs_at_once:.0f} s), if each job takes "
-          "as long as it took here\n")  # fmt: skip
+          f"{busy:.0f} s of job time ({at_once} jobs at once on average)")  # fmt: skip
+    print(f"critical path: {total:.0f} s in {len(chain)} jobs, each reading what the one before made "
+          "(no schedule on any number of cores is shorter; checkpoints' waits not counted)")  # fmt: skip
+    print(f"with {slots} at once: no schedule is shorter than {max(total, busy / jobs_at_once):.0f} s (the critical "
+          f"path, or the job time / {jobs_at_once}: {busy / jobs_at_once:.0f} s), if each job takes as long as it "
+          "took here\n")  # fmt: skip
     print("| job | rule | s | started at s |")
     print("|---|---|---|---|")
     first = min(j["start"] for j in jobs)
@@ -154,12 +154,18 @@ def print_schedule(results: Path, jobs_at_once: int) -> None:
         print(f"| {job['name']} | {job['rule']} | {job['end'] - job['start']:.1f} | {job['start'] - first:.0f} |")
 
 
+def jobs_at_once(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of jobs, at least 1, not {text!r}")
+    return int(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="?", default="results/tiny", help="a study's results directory")
     ap.add_argument("--worst", type=int, default=3, help="how many of the slowest-starting jobs to list")
     ap.add_argument(
-        "--jobs", type=int, default=2, help="jobs at once, for the bound on the schedule (2: profiles/default)"
+        "--jobs", type=jobs_at_once, default=2, help="jobs at once, for the schedule's bound (2: profiles/default)"
     )
     args = ap.parse_args()
     rows = read(Path(args.results))

@@ -116,3 +116,10 @@ def test_no_records_no_schedule(tmp_path, args):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "no Snakemake records" in proc.stdout and "| x | 1 |" in proc.stdout
+
+
+def test_a_bad_job_count_is_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), "--jobs", "0"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --jobs: expected a whole number of jobs, at least 1, not '0'" in proc.stderr
