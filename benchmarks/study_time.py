@@ -90,8 +90,10 @@ def snakemake_jobs(results: Path) -> list[dict]:
             info = json.loads(record.read_text())
         except (ValueError, UnicodeDecodeError):
             continue
-        if not path.startswith(scope) or not (workdir / path).exists() or info.get("starttime") is None:
-            continue
+        if not isinstance(info, dict) or not info.get("rule") or info.get("starttime") is None:
+            continue  # not a job's record (or one from before Snakemake timed jobs)
+        if info.get("incomplete") or not path.startswith(scope) or not (workdir / path).exists():
+            continue  # a job that did not finish, another study's file, or a file removed since
         job = jobs.setdefault(
             (info["rule"], info.get("job_hash")),
             {"rule": info["rule"], "outputs": [], "inputs": set(), "start": info["starttime"], "end": 0.0},

@@ -68,6 +68,12 @@ def test_records_are_read_back_by_job_and_long_names_decoded(tmp_path):
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / path).touch()
     (meta / "not-base64!").write_text("{}")  # anything else in the folder is passed over
+    write_record(meta, "results/s/a.json.list", [1, 2])  # not a job's record
+    (tmp_path / "results/s/a.json.list").touch()
+    # a job that was interrupted (Snakemake marks its outputs incomplete): no duration to count
+    write_record(meta, "results/s/half.json", {"rule": "five", "job_hash": 5, "input": [], "starttime": 3.0,
+                                               "endtime": None, "incomplete": True})  # fmt: skip
+    (tmp_path / "results/s/half.json").touch()
     jobs = study_time.snakemake_jobs(tmp_path / "results" / "s")
     assert [(j["rule"], j["name"], j["start"], j["end"]) for j in jobs] == [
         ("one", "a.json", 10.0, 12.5),
