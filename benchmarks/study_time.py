@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -66,19 +68,27 @@ def _read_scope(scope: Path, suffix: str) -> list[dict]:
     return rows
 
 
-def snakemake_jobs(results: Path) -> list[dict]:
+def _seconds(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def snakemake_jobs(results: Path) -> tuple[list[dict], int]:
     """The jobs that made the files under ``results`` as Snakemake recorded them: one dict per
     job with its rule, outputs and inputs (paths as Snakemake wrote them, relative to its working
-    directory), start and end, and a name (its shortest output's path under ``results``). Records
-    of files that no longer exist are left out; [] when no working directory above ``results``
-    has Snakemake's metadata."""
-    results = results.resolve()
+    directory), start and end, and a name (its shortest output's path under ``results``); and how
+    many records of files under ``results`` were passed over (unreadable, of a job that did not
+    finish, or without a start and end). Records of other files and of files that no longer exist
+    are left out; ([], 0) when no working directory above ``results`` has Snakemake's metadata.
+    ``results`` is not resolved: a results folder that is a link to elsewhere (scratch space on
+    a cluster) is looked up from where it is linked, as Snakemake wrote it."""
+    results = Path(os.path.abspath(results))
     workdir = next((p for p in (results, *results.parents) if (p / ".snakemake" / "metadata").is_dir()), None)
     if workdir is None:
-        return []
+        return [], 0
     meta = workdir / ".snakemake" / "metadata"
     scope = results.relative_to(workdir).as_posix() + "/"
     jobs: dict[tuple, dict] = {}
+    passed_over = 0
     for record in meta.rglob("*"):
         if not record.is_file():
             continue
@@ -86,24 +96,46 @@ def snakemake_jobs(results: Path) -> list[dict]:
         # ("@"-prefixed) where the name would be too long for the file system.
         parts = record.relative_to(meta).parts
         try:
-            path = base64.urlsafe_b64decode("".join(p.removeprefix("@") for p in parts)).decode()
-            info = json.loads(record.read_text())
+            path = base64.urlsafe_b64decode("".join(p.removeprefix("@") for p in parts)).decode().rstrip("/")
         except (ValueError, UnicodeDecodeError):
+            continue  # not a record
+        if not path.startswith(scope) or not (workdir / path).exists():
+            continue  # another study's file, or a file removed since
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            info = None
+        inputs = info.get("input") or [] if isinstance(info, dict) else None
+        start, end = (info.get("starttime"), info.get("endtime")) if isinstance(info, dict) else (None, None)
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("rule"), str)
+            or info.get("incomplete")
+            or not (_seconds(start) and _seconds(end) and start <= end)
+            or not (isinstance(inputs, list) and all(isinstance(i, str) for i in inputs))
+        ):
+            passed_over += 1
             continue
-        if not isinstance(info, dict) or not info.get("rule") or info.get("starttime") is None:
-            continue  # not a job's record (or one from before Snakemake timed jobs)
-        if info.get("incomplete") or not path.startswith(scope) or not (workdir / path).exists():
-            continue  # a job that did not finish, another study's file, or a file removed since
-        job = jobs.setdefault(
-            (info["rule"], info.get("job_hash")),
-            {"rule": info["rule"], "outputs": [], "inputs": set(), "start": info["starttime"], "end": 0.0},
-        )
+        # One job's outputs share its rule, inputs and logs (and Snakemake's hash of the job,
+        # which alone could repeat across runs)
+        key = (info["rule"], info.get("job_hash"), tuple(sorted(inputs)), json.dumps(info.get("log")))
+        job = jobs.setdefault(key, {"rule": info["rule"], "outputs": [], "inputs": set(), "start": start, "end": end})
         job["outputs"].append(path)
         job["name"] = min(job["outputs"], key=len).removeprefix(scope)
-        job["inputs"].update(info.get("input") or [])
-        job["start"] = min(job["start"], info["starttime"])
-        job["end"] = max(job["end"], info.get("endtime") or info["starttime"])
-    return sorted(jobs.values(), key=lambda j: (j["start"], j["rule"]))
+        job["inputs"].update(i.rstrip("/") for i in inputs)
+        job["start"], job["end"] = min(job["start"], start), max(job["end"], end)
+    return sorted(jobs.values(), key=lambda j: (j["start"], j["rule"])), passed_over
+
+
+def idle_gaps(jobs: list[dict], longer_than: float = 60.0) -> list[float]:
+    """The stretches of more than ``longer_than`` seconds in which none of ``jobs`` ran: a sign
+    that the records come from several runs (a partial rerun, another day)."""
+    gaps, covered = [], None
+    for job in sorted(jobs, key=lambda j: j["start"]):
+        if covered is not None and job["start"] - covered > longer_than:
+            gaps.append(job["start"] - covered)
+        covered = job["end"] if covered is None else max(covered, job["end"])
+    return gaps
 
 
 def critical_path(jobs: list[dict]) -> list[dict]:
@@ -132,7 +164,7 @@ def critical_path(jobs: list[dict]) -> list[dict]:
 
 
 def print_schedule(results: Path, jobs_at_once: int) -> None:
-    jobs = snakemake_jobs(results)
+    jobs, passed_over = snakemake_jobs(results)
     if not jobs:
         print(f"\nno Snakemake records of {results}'s jobs (.snakemake/metadata): no schedule")
         return
@@ -144,6 +176,14 @@ def print_schedule(results: Path, jobs_at_once: int) -> None:
     slots = f"{jobs_at_once} job{'s' if jobs_at_once > 1 else ''}"
     print(f"\nschedule (Snakemake's records): {len(jobs)} jobs from the first start to the last end in {span:.0f} s, "
           f"{busy:.0f} s of job time ({at_once} jobs at once on average)")  # fmt: skip
+    if gaps := idle_gaps(jobs):
+        print(f"  (no job ran for {len(gaps)} stretch{'es' if len(gaps) > 1 else ''} of over a minute, the "
+              f"longest {max(gaps):.0f} s: these records come from more than one run, so the span is not one "
+              "run's time)")  # fmt: skip
+    if passed_over:
+        print(f"  ({passed_over} record{'s' if passed_over > 1 else ''} of this study's files passed over: unreadable, "
+              "of a job that did not finish, or without a start and end; their jobs are missing below, so the "
+              "figures may be too low)")  # fmt: skip
     print(f"critical path: {total:.0f} s in {len(chain)} jobs, each reading what the one before made "
           "(no schedule on any number of cores is shorter; checkpoints' waits not counted)")  # fmt: skip
     print(f"with {slots} at once: no schedule is shorter than {max(total, busy / jobs_at_once):.0f} s (the critical "
@@ -156,16 +196,20 @@ def print_schedule(results: Path, jobs_at_once: int) -> None:
         print(f"| {job['name']} | {job['rule']} | {job['end'] - job['start']:.1f} | {job['start'] - first:.0f} |")
 
 
-def jobs_at_once(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of jobs, at least 1, not {text!r}")
+def count(text: str, least: int = 0, what: str = "a whole number") -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, at least {least}, not {text!r}")
     return int(text)
+
+
+def jobs_at_once(text: str) -> int:
+    return count(text, 1, "a whole number of jobs")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="?", default="results/tiny", help="a study's results directory")
-    ap.add_argument("--worst", type=int, default=3, help="how many of the slowest-starting jobs to list")
+    ap.add_argument("--worst", type=count, default=3, help="how many of the jobs with the largest imports to list")
     ap.add_argument(
         "--jobs", type=jobs_at_once, default=2, help="jobs at once, for the schedule's bound (2: profiles/default)"
     )

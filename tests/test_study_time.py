@@ -52,35 +52,66 @@ def write_record(meta: Path, path: str, record: dict, max_len: int = 255) -> Non
     target.write_text(json.dumps(record))
 
 
-def test_records_are_read_back_by_job_and_long_names_decoded(tmp_path):
+def test_records_are_read_back_by_job_through_a_linked_results_folder(tmp_path):
+    """The study's results folder is a link to scratch space, as on a cluster: its records are
+    read from the working directory where the link is, not from beside the link's target."""
+    (tmp_path / "scratch" / "s").mkdir(parents=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "s").symlink_to(tmp_path / "scratch" / "s")
     meta = tmp_path / ".snakemake" / "metadata"
     long_dir = "results/s/eval/" + "/".join(["x" * 50] * 4)  # a record name split into folders
-    for path, rule, job_hash, start, end in [
-        ("results/s/a.json", "one", 1, 10.0, 12.0),
-        ("results/s/b.json", "one", 1, 10.5, 12.5),  # the same job's second output
-        (f"{long_dir}/id.json", "two", 2, 13.0, 15.0),
-        ("results/s/gone.json", "three", 3, 1.0, 2.0),  # removed since: left out
-        ("results/other/c.json", "four", 4, 1.0, 2.0),  # another study: left out
+    data = ["results/s/data"]
+    for path, rule, job_hash, inputs, start, end in [
+        ("results/s/a.json", "one", 1, data, 10.0, 12.0),
+        ("results/s/b.json", "one", 1, data, 10.5, 12.5),  # the same job's second output
+        (f"{long_dir}/id.json", "two", 2, data, 13.0, 15.0),
+        # two jobs of one rule without Snakemake's job hash, one of them a folder written with a slash
+        ("results/s/m/", "six", None, ["results/s/a.json/"], 200.0, 201.0),
+        ("results/s/n", "six", None, data, 202.0, 203.0),
+        ("results/s/gone.json", "three", 3, data, 1.0, 2.0),  # removed since: left out
+        ("results/other/c.json", "four", 4, data, 1.0, 2.0),  # another study: left out
     ]:
-        write_record(meta, path, {"rule": rule, "job_hash": job_hash, "input": ["results/s/data"],
-                                  "starttime": start, "endtime": end}, max_len=100)  # fmt: skip
+        write_record(meta, path, {"rule": rule, "job_hash": job_hash, "input": inputs, "starttime": start,
+                                  "endtime": end}, max_len=100)  # fmt: skip
         if "gone" not in path:
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / path).touch()
-    (meta / "not-base64!").write_text("{}")  # anything else in the folder is passed over
-    write_record(meta, "results/s/a.json.list", [1, 2])  # not a job's record
-    (tmp_path / "results/s/a.json.list").touch()
-    # a job that was interrupted (Snakemake marks its outputs incomplete): no duration to count
-    write_record(meta, "results/s/half.json", {"rule": "five", "job_hash": 5, "input": [], "starttime": 3.0,
-                                               "endtime": None, "incomplete": True})  # fmt: skip
-    (tmp_path / "results/s/half.json").touch()
-    jobs = study_time.snakemake_jobs(tmp_path / "results" / "s")
+    (meta / "not-base64!").write_text("{}")  # not a record at all: nothing to count
+    # records of this study's files that cannot be used, each counted: not a job's record, a job
+    # that was interrupted (Snakemake marks its outputs incomplete), a start that is not a number,
+    # an empty file
+    bad = {"list": [1, 2], "half": {"rule": "five", "input": [], "starttime": 3.0, "endtime": None, "incomplete": True},
+           "text": {"rule": "five", "input": [], "starttime": "3", "endtime": 4.0}}  # fmt: skip
+    for name, record in bad.items():
+        write_record(meta, f"results/s/{name}", record)
+        (tmp_path / "results" / "s" / name).touch()
+    write_record(meta, "results/s/empty", {})
+    next(meta.glob(base64.urlsafe_b64encode(b"results/s/empty").decode())).write_text("")
+    (tmp_path / "results" / "s" / "empty").touch()
+
+    jobs, passed_over = study_time.snakemake_jobs(tmp_path / "results" / "s")
     assert [(j["rule"], j["name"], j["start"], j["end"]) for j in jobs] == [
         ("one", "a.json", 10.0, 12.5),
         ("two", long_dir.removeprefix("results/s/") + "/id.json", 13.0, 15.0),
+        ("six", "m", 200.0, 201.0),
+        ("six", "n", 202.0, 203.0),
     ]
-    assert study_time.snakemake_jobs(tmp_path / "results" / "nowhere") == []
-    assert study_time.snakemake_jobs(Path("/")) == []
+    assert passed_over == 4
+    assert [j["name"] for j in study_time.critical_path(jobs)] == ["a.json", "m"]  # m read a.json
+    assert study_time.idle_gaps(jobs) == [185.0]  # 15 s to 200 s: records of two runs
+    assert study_time.snakemake_jobs(tmp_path / "results" / "nowhere") == ([], 0)
+    assert study_time.snakemake_jobs(Path("/")) == ([], 0)
+
+    (tmp_path / "results" / "s" / "logs" / "x").mkdir(parents=True)
+    (tmp_path / "results" / "s" / "logs" / "x" / "j.log").write_text(
+        "job: timing: imports 1.00 s (0.50 s before the job's code, 0.50 s inside it), other work 2.00 s\n"
+    )
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), "results/s"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "4 jobs from the first start to the last end in 193 s, 6 s of job time" in proc.stdout
+    assert "no job ran for 1 stretch of over a minute, the longest 185 s" in proc.stdout
+    assert "4 records of this study's files passed over" in proc.stdout
 
 
 def test_the_reduced_study_schedule(reduced_study):
@@ -89,7 +120,8 @@ def test_the_reduced_study_schedule(reduced_study):
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    jobs = study_time.snakemake_jobs(results)
+    jobs, passed_over = study_time.snakemake_jobs(results)
+    assert passed_over == 0
     n, span, busy = re.search(
         r"schedule \(Snakemake's records\): (\d+) jobs .* in (\d+) s, (\d+) s of job time", out
     ).groups()
