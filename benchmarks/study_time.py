@@ -105,11 +105,10 @@ def snakemake_jobs(results: Path) -> tuple[list[dict], int]:
             info = json.loads(record.read_text())
         except (OSError, ValueError, UnicodeDecodeError):
             info = None
-        inputs = info.get("input") or [] if isinstance(info, dict) else None
-        start, end = (info.get("starttime"), info.get("endtime")) if isinstance(info, dict) else (None, None)
+        info = info if isinstance(info, dict) else {}  # unreadable: passed over below, with no rule
+        inputs, start, end = info.get("input") or [], info.get("starttime"), info.get("endtime")
         if (
-            not isinstance(info, dict)
-            or not isinstance(info.get("rule"), str)
+            not isinstance(info.get("rule"), str)
             or info.get("incomplete")
             or not (_seconds(start) and _seconds(end) and start <= end)
             or not (isinstance(inputs, list) and all(isinstance(i, str) for i in inputs))
@@ -121,9 +120,10 @@ def snakemake_jobs(results: Path) -> tuple[list[dict], int]:
         key = (info["rule"], info.get("job_hash"), tuple(sorted(inputs)), json.dumps(info.get("log")))
         job = jobs.setdefault(key, {"rule": info["rule"], "outputs": [], "inputs": set(), "start": start, "end": end})
         job["outputs"].append(path)
-        job["name"] = min(job["outputs"], key=len).removeprefix(scope)
         job["inputs"].update(i.rstrip("/") for i in inputs)
         job["start"], job["end"] = min(job["start"], start), max(job["end"], end)
+    for job in jobs.values():
+        job["name"] = min(job["outputs"], key=len).removeprefix(scope)
     return sorted(jobs.values(), key=lambda j: (j["start"], j["rule"])), passed_over
 
 

@@ -20,6 +20,15 @@ import study_time  # noqa: E402
 sys.path.remove(str(ROOT / "benchmarks"))
 
 
+# the last line of a job's log (sftrl.logs.job_log), which the stage table reads
+TIMING = "job: timing: imports 1.00 s (0.50 s before the job's code, 0.50 s inside it), other work 2.00 s\n"
+
+
+def study_time_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), *args],
+                          capture_output=True, text=True, cwd=cwd)  # fmt: skip
+
+
 def job(name: str, start: float, end: float, inputs=(), outputs=None) -> dict:
     return {"rule": name, "name": name, "start": start, "end": end, "inputs": set(inputs), "outputs": outputs or [name]}
 
@@ -103,11 +112,8 @@ def test_records_are_read_back_by_job_through_a_linked_results_folder(tmp_path):
     assert study_time.snakemake_jobs(Path("/")) == ([], 0)
 
     (tmp_path / "results" / "s" / "logs" / "x").mkdir(parents=True)
-    (tmp_path / "results" / "s" / "logs" / "x" / "j.log").write_text(
-        "job: timing: imports 1.00 s (0.50 s before the job's code, 0.50 s inside it), other work 2.00 s\n"
-    )
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), "results/s"],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    (tmp_path / "results" / "s" / "logs" / "x" / "j.log").write_text(TIMING)
+    proc = study_time_cli("results/s", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "4 jobs from the first start to the last end in 193 s, 6 s of job time" in proc.stdout
     assert "no job ran for 1 stretch of over a minute, the longest 185 s" in proc.stdout
@@ -116,8 +122,7 @@ def test_records_are_read_back_by_job_through_a_linked_results_folder(tmp_path):
 
 def test_the_reduced_study_schedule(reduced_study):
     results = reduced_study / "results" / "test"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), str(results)],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = study_time_cli(str(results))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     jobs, passed_over = study_time.snakemake_jobs(results)
@@ -147,17 +152,13 @@ def test_the_reduced_study_schedule(reduced_study):
 @pytest.mark.parametrize("args", [["--jobs", "2"], []])
 def test_no_records_no_schedule(tmp_path, args):
     (tmp_path / "logs" / "x").mkdir(parents=True)
-    (tmp_path / "logs" / "x" / "j.log").write_text(
-        "job: timing: imports 1.00 s (0.50 s before the job's code, 0.50 s inside it), other work 2.00 s\n"
-    )
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), str(tmp_path), *args],
-                          capture_output=True, text=True)  # fmt: skip
+    (tmp_path / "logs" / "x" / "j.log").write_text(TIMING)
+    proc = study_time_cli(str(tmp_path), *args)
     assert proc.returncode == 0, proc.stderr
     assert "no Snakemake records" in proc.stdout and "| x | 1 |" in proc.stdout
 
 
 def test_a_bad_job_count_is_one_line():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_time.py"), "--jobs", "0"],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = study_time_cli("--jobs", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "argument --jobs: expected a whole number of jobs, at least 1, not '0'" in proc.stderr
